@@ -1,0 +1,17 @@
+"""Errors a user can fix. The CLI edge turns them into a message and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input: the message names the file/key/line and the fix. Exit code 2, nothing launched."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+    def render(self) -> str:
+        lines = [str(self)] + [f"  {p}" for p in self.problems]
+        return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""The installer's pure parts: cache key and build environment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from hvdtrain.horovod_build import PATCH, BuildConfig, detect_config, horovod_built_torch
+
+CFG = BuildConfig(horovod="0.28.1", torch="2.13.0+cpu", python="cp311", machine="x86_64",
+                  mpi=False, nccl=False, patch_sha="abc123")
+
+
+def test_cache_key_names_everything_that_changes_the_binary() -> None:
+    assert CFG.key == "horovod-0.28.1_torch-2.13.0+cpu_cp311_x86_64_pytorch+gloo_patch-abc123"
+    other = BuildConfig(**{**CFG.__dict__, "mpi": True, "nccl": True, "torch": "2.14.1"})
+    assert other.key == "horovod-0.28.1_torch-2.14.1_cp311_x86_64_pytorch+gloo+mpi+nccl_patch-abc123"
+
+
+def test_build_env_selects_frameworks_and_controllers_explicitly() -> None:
+    env = CFG.build_env({"PATH": "/bin", "HOROVOD_WITH_MPI": "1", "HOROVOD_GPU_OPERATIONS": "NCCL"})
+    assert env["HOROVOD_WITH_PYTORCH"] == "1"
+    assert env["HOROVOD_WITH_GLOO"] == "1"
+    assert env["HOROVOD_WITHOUT_MPI"] == "1"
+    assert "HOROVOD_WITH_MPI" not in env  # an inherited setting must not contradict the config
+    assert "HOROVOD_GPU_OPERATIONS" not in env
+    assert env["HOROVOD_WITHOUT_TENSORFLOW"] == env["HOROVOD_WITHOUT_MXNET"] == "1"
+    assert env["CMAKE_POLICY_VERSION_MINIMUM"] == "3.5"
+    mpi = BuildConfig(**{**CFG.__dict__, "mpi": True, "nccl": True}).build_env({})
+    assert (mpi["HOROVOD_WITH_MPI"], mpi["HOROVOD_GPU_OPERATIONS"]) == ("1", "NCCL")
+    assert "HOROVOD_WITHOUT_MPI" not in mpi
+
+
+def test_patch_sets_cxx17_in_both_cmake_files() -> None:
+    text = PATCH.read_text()
+    assert text.count("+set(CMAKE_CXX_STANDARD 17)") == 1
+    assert text.count("+    set(CMAKE_CXX_STANDARD 17)") == 1
+    assert "+++ b/CMakeLists.txt" in text and "+++ b/horovod/torch/CMakeLists.txt" in text
+
+
+def test_installed_horovod_matches_this_environment() -> None:
+    cfg = detect_config()
+    assert horovod_built_torch() == cfg.torch
+
+
+def test_rerun_is_a_no_op_when_installed() -> None:
+    proc = subprocess.run([sys.executable, "-m", "hvdtrain.horovod_build"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "already installed, built against torch" in proc.stdout
