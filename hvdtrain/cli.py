@@ -6,7 +6,8 @@ Nothing at module level imports torch or horovod: `hvdtrain --help` must stay in
 from __future__ import annotations
 
 import json
-from typing import Annotated, NoReturn
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -43,7 +44,7 @@ def _root(
 
 def fail(exc: UserError) -> NoReturn:
     """Print a user error (no traceback) and exit with its code."""
-    err_console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -67,6 +68,217 @@ def doctor(
 
         print_doctor(Console(), checks, ok)
     raise typer.Exit(0 if ok else 1)
+
+
+# --- recipes, hosts and plans (pure: no torch, no horovod) -----------------------------------
+
+RecipeArg = Annotated[str, typer.Argument(
+    help="Recipe: a YAML path, or a shipped name such as digits-cnn (see `hvdtrain recipes`).")]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(
+    help="Overrides as KEY=VALUE with dotted keys, e.g. optimizer.base_lr=0.1 train.epochs=3.",
+    show_default=False)]
+NpOpt = Annotated[Optional[int], typer.Option(
+    "--np", help="Number of processes (default: the recipe's launch.np, else all slots).")]
+HostsOpt = Annotated[Optional[str], typer.Option(
+    "--hosts", help="Hosts as host:slots,... e.g. node1:2,node2:2 (instead of a hostfile).")]
+HostfileOpt = Annotated[Optional[str], typer.Option(
+    "--hostfile", help="Hostfile: lines of `host slots=N` or `host:N`; # comments allowed.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _load(recipe: str, overrides: list[str] | None):
+    from hvdtrain.recipe import load_recipe
+
+    return load_recipe(recipe, overrides or [])
+
+
+def _plan(recipe: str, overrides: list[str] | None, np: int | None, hosts: str | None,
+          hostfile: str | None, run_dir: str | None = None):
+    from hvdtrain.plan import build_plan
+    from hvdtrain.rundir import default_run_dir
+
+    loaded = _load(recipe, overrides)
+    where = Path(run_dir).resolve() if run_dir else default_run_dir(loaded)
+    return build_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, run_dir=where)
+
+
+@app.command()
+def recipes(as_json: JsonOpt = False) -> None:
+    """List the shipped recipes with one-line descriptions."""
+    from hvdtrain.recipe import load_recipe, shipped_recipes
+
+    rows = []
+    for path in shipped_recipes():
+        try:
+            rows.append({"name": path.stem, "path": str(path),
+                         "description": load_recipe(str(path)).recipe.description})
+        except UserError as exc:
+            rows.append({"name": path.stem, "path": str(path), "description": f"INVALID: {exc}"})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="shipped recipes (run one: hvdtrain run NAME)")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    for row in rows:
+        table.add_row(row["name"], escape(row["description"]))
+    _console().print(table)
+
+
+@app.command()
+def show(recipe: RecipeArg, overrides: OverridesArg = None, as_json: JsonOpt = False) -> None:
+    """Print the fully resolved recipe (defaults and overrides applied), ready to copy and edit."""
+    try:
+        loaded = _load(recipe, overrides)
+    except UserError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(loaded.recipe.model_dump(mode="json"), indent=2))
+    else:
+        typer.echo(f"# resolved from {loaded.path}"
+                   + (f" with {' '.join(loaded.overrides)}" if loaded.overrides else ""))
+        typer.echo(loaded.recipe.to_yaml(), nl=False)
+
+
+@app.command()
+def validate(
+    recipe_files: Annotated[list[str], typer.Argument(help="Recipes (paths or shipped names).")],
+    hostfile: HostfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check recipes (and a hostfile); print OK or every error. Exit 2 when anything is invalid."""
+    from hvdtrain.hosts import parse_hostfile
+
+    results: list[dict] = []
+    for name in recipe_files:
+        try:
+            _load(name, [])
+            results.append({"source": name, "ok": True, "errors": []})
+        except UserError as exc:
+            results.append({"source": name, "ok": False, "errors": [str(exc), *exc.problems]})
+    if hostfile:
+        try:
+            parsed = parse_hostfile(hostfile)
+            results.append({"source": hostfile, "ok": True, "errors": [],
+                            "warnings": list(parsed.warnings)})
+        except UserError as exc:
+            results.append({"source": hostfile, "ok": False, "errors": [str(exc), *exc.problems]})
+    ok = all(r["ok"] for r in results)
+    if as_json:
+        typer.echo(json.dumps({"ok": ok, "results": results}, indent=2))
+    else:
+        for r in results:
+            if r["ok"]:
+                typer.echo(f"OK     {r['source']}")
+                for w in r.get("warnings", []):
+                    typer.echo(f"       warning: {w}")
+            else:
+                typer.echo(f"ERROR  {r['source']}", err=True)
+                typer.echo("\n".join(f"       {e}" for e in r["errors"]), err=True)
+    raise typer.Exit(0 if ok else 2)
+
+
+@app.command()
+def hosts(
+    hostfile: Annotated[str, typer.Argument(help="Hostfile to parse and validate.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Parse and validate a hostfile: print the hosts and slots, or every error (exit 2)."""
+    from hvdtrain.hosts import parse_hostfile
+
+    try:
+        parsed = parse_hostfile(hostfile)
+    except UserError as exc:
+        if as_json:
+            typer.echo(json.dumps({"ok": False, "errors": [str(exc), *exc.problems]}, indent=2))
+            raise typer.Exit(exc.exit_code)
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps({
+            "ok": True, "source": parsed.source, "total_slots": parsed.total_slots,
+            "hosts": [{"host": h.name, "slots": h.slots, "line": h.line} for h in parsed.hosts],
+            "warnings": list(parsed.warnings)}, indent=2))
+        return
+    from hvdtrain.display import hosts_table, print_warnings
+
+    console = _console()
+    console.print(hosts_table(parsed))
+    print_warnings(console, parsed.warnings)
+
+
+@app.command()
+def plan(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    np: NpOpt = None,
+    hosts: HostsOpt = None,
+    hostfile: HostfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show exactly what `hvdtrain run` would launch, and the numbers it derives. Launches nothing."""
+    try:
+        the_plan = _plan(recipe, overrides, np, hosts, hostfile)
+    except UserError as exc:
+        fail(exc)
+    _print_plan(the_plan, as_json)
+
+
+def _print_plan(the_plan, as_json: bool) -> None:
+    if as_json:
+        from hvdtrain.plan import plan_dict
+
+        typer.echo(json.dumps(plan_dict(the_plan), indent=2))
+    else:
+        from hvdtrain.display import print_plan
+
+        print_plan(_console(), the_plan)
+
+
+@app.command()
+def run(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    np: NpOpt = None,
+    hosts: HostsOpt = None,
+    hostfile: HostfileOpt = None,
+    run_dir: Annotated[Optional[str], typer.Option(
+        "--run-dir", help="Run directory (default: <launch.output_dir>/<recipe>-<timestamp>).")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", help="Continue the run in this run directory from its newest valid checkpoint.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan (same as `hvdtrain plan`) and launch nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train: validate the recipe, print the plan, run horovodrun and draw live progress.
+
+    The exit code is the run's: 0 when training finished, non-zero when it failed.
+    """
+    try:
+        if resume and not dry_run:
+            from hvdtrain.launch import resume_plan
+
+            the_plan = resume_plan(resume, recipe, overrides or [], np, hosts, hostfile)
+        else:
+            the_plan = _plan(recipe, overrides, np, hosts, hostfile, run_dir or resume)
+    except UserError as exc:
+        fail(exc)
+    if dry_run:
+        _print_plan(the_plan, as_json)
+        return
+    from hvdtrain.launch import launch
+
+    try:
+        code = launch(the_plan, resume=bool(resume), as_json=as_json)
+    except UserError as exc:
+        fail(exc)
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -192,3 +192,190 @@ class Recipe(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: file or bare name, overrides, and every error at once.
+
+OVERRIDE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(.*)$", re.S)
+
+
+class LoadedRecipe(BaseModel):
+    """A validated recipe and where it came from."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    name: str
+    path: Path
+    recipe: Recipe
+    overrides: list[str] = []
+
+
+def shipped_recipes() -> list[Path]:
+    return sorted(RECIPES_DIR.glob("*.yaml"))
+
+
+def resolve_recipe_path(source: str) -> Path:
+    """A path to a file, or a bare name looked up in ./recipes/ and then the shipped recipes/."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if "/" not in source and not source.endswith((".yaml", ".yml")):
+        for folder in (Path.cwd() / "recipes", RECIPES_DIR):
+            candidate = folder / f"{source}.yaml"
+            if candidate.is_file():
+                return candidate
+        names = [p.stem for p in shipped_recipes()]
+        hint = difflib.get_close_matches(source, names, n=1)
+        raise UserError(
+            f"no recipe named {source!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; shipped recipes: {', '.join(names) or 'none'} (see `hvdtrain recipes`), "
+            "or pass a path to a YAML file")
+    raise UserError(f"recipe file not found: {source}")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    m = OVERRIDE.match(item)
+    if not m:
+        raise UserError(f"override {item!r} is not KEY=VALUE with a dotted key, "
+                        "e.g. optimizer.base_lr=0.1 or train.epochs=3")
+    try:
+        value = yaml.safe_load(m.group(2)) if m.group(2).strip() else None
+    except yaml.YAMLError:
+        value = m.group(2)  # not YAML: take it as the literal string, the schema judges it
+    return m.group(1).split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict[tuple[str, ...], str]:
+    """Set each override into ``raw`` in place; returns which key path each override set."""
+    origin: dict[tuple[str, ...], str] = {}
+    problems: list[str] = []
+    for item in overrides:
+        try:
+            keys, value = parse_override(item)
+        except UserError as exc:
+            problems.append(str(exc))
+            continue
+        node = raw
+        for i, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                problems.append(f"override {item!r}: {'.'.join(keys[:i + 1])} is not a section")
+                break
+            node = child
+        else:
+            node[keys[-1]] = value
+            origin[tuple(keys)] = item
+    if problems:
+        raise UserError(f"invalid override{'s' if len(problems) > 1 else ''}:", problems)
+    return origin
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each dotted key path in a YAML mapping document to its 1-based line."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                path = prefix + (str(key_node.value),)
+                lines[path] = key_node.start_mark.line + 1
+                walk(value_node, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[prefix + (str(i),)] = item.start_mark.line + 1
+                walk(item, prefix + (str(i),))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _fields_at(loc: tuple[str, ...]) -> list[str]:
+    """Field names of the model at ``loc`` (for "did you mean")."""
+    model: Any = Recipe
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _describe(err: dict) -> str:
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        loc = tuple(str(p) for p in err["loc"])
+        hint = difflib.get_close_matches(loc[-1], _fields_at(loc[:-1]), n=1, cutoff=0.6)
+        valid = ", ".join(_fields_at(loc[:-1]))
+        return "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else f"; valid keys: {valid}")
+    if err["type"] == "missing":
+        return "required key is missing"
+    value = err.get("input")
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        msg += f", got {value!r}"
+    return msg
+
+
+def format_validation_errors(exc: ValidationError, file: str, lines: dict[tuple[str, ...], int],
+                             origin: dict[tuple[str, ...], str]) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        dotted = ".".join(loc) or "(top level)"
+        source = next((f"override {item!r}" for keys, item in origin.items()
+                       if loc[:len(keys)] == keys), None)
+        if source is None:
+            line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+            source = f"{file}:{line}" if line else file
+        out.append(f"{source}: {dotted}: {_describe(err)}")
+    return out
+
+
+def load_recipe(source: str, overrides: list[str] | None = None) -> LoadedRecipe:
+    """Read, override and validate a recipe; raise ``UserError`` listing every problem."""
+    overrides = list(overrides or [])
+    path = resolve_recipe_path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read recipe {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+        lines = _key_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping of sections (data:, model:, ...), "
+                        f"got a {type(raw).__name__}")
+    origin = apply_overrides(raw, overrides)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = format_validation_errors(exc, str(path), lines, origin)
+        raise UserError(f"recipe {path} is invalid ({len(problems)} problem"
+                        f"{'s' if len(problems) > 1 else ''}):", problems) from None
+    return LoadedRecipe(name=path.stem, path=path, recipe=recipe, overrides=overrides)
+
+
+def lr_config(recipe: Recipe):
+    """The schedule's view of a recipe."""
+    from hvdtrain.schedule import LRConfig
+
+    opt = recipe.optimizer
+    return LRConfig(base_lr=opt.base_lr, scaling=opt.lr_scaling, warmup_epochs=opt.warmup_epochs,
+                    decay=opt.decay, decay_epochs=tuple(opt.decay_epochs),
+                    decay_factor=opt.decay_factor, epochs=recipe.train.epochs,
+                    backward_passes_per_step=recipe.horovod.backward_passes_per_step)

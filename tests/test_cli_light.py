@@ -9,6 +9,8 @@ import pytest
 
 from hvdtrain import __version__
 
+from conftest import ROOT
+
 PROBE = """
 import sys
 sys.argv = ["hvdtrain", *sys.argv[1:]]
@@ -24,11 +26,16 @@ print("HEAVY=" + ",".join(heavy))
 
 def run_probe(*args: str) -> str:
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, cwd=ROOT)
     return proc.stdout
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["doctor", "--help"]])
+@pytest.mark.parametrize("args", [
+    ["--help"], ["--version"], ["doctor", "--help"], ["run", "--help"],
+    ["plan", "digits-cnn", "--np", "2"], ["plan", "synthetic-bench", "--json"],
+    ["run", "digits-cnn", "--dry-run"], ["show", "digits-cnn"], ["recipes"],
+    ["hosts", "hostfiles/localhost"], ["validate", "digits-cnn", "--hostfile", "hostfiles/localhost"],
+])
 def test_light_commands_import_nothing_heavy(args: list[str]) -> None:
     out = run_probe(*args)
     assert out.rstrip().splitlines()[-1] == "HEAVY=", out

@@ -1,0 +1,206 @@
+"""The plan: exact argv lists, derived numbers, and Horovod's own parser accepting every argv."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from hvdtrain.errors import UserError
+from hvdtrain.hosts import Host
+from hvdtrain.plan import build_argv, build_plan, placement
+from hvdtrain.recipe import Recipe, load_recipe
+
+WORKER = ["/py", "-m", "hvdtrain.worker", "--run-dir", "/runs/x"]
+TUNING_DEFAULTS = ["--start-timeout", "30", "--fusion-threshold-mb", "128", "--cycle-time-ms", "1",
+                   "--cache-capacity", "1024", "--no-hierarchical-allreduce",
+                   "--stall-check-warning-time-seconds", "60",
+                   "--stall-check-shutdown-time-seconds", "120"]
+
+
+def recipe(**sections) -> Recipe:
+    return Recipe.model_validate(sections)
+
+
+def test_localhost_argv() -> None:
+    argv = build_argv(recipe(), [Host("localhost", 2)], 2, WORKER)
+    assert argv == ["horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", *TUNING_DEFAULTS,
+                    "--gloo-timeout-seconds", "30", *WORKER]
+
+
+def test_multi_host_argv_with_output_dir() -> None:
+    argv = build_argv(recipe(), [Host("n1", 2), Host("n2", 1)], 3, WORKER, horovodrun="/v/horovodrun",
+                      output_filename="/runs/x/logs")
+    assert argv == ["/v/horovodrun", "-np", "3", "-H", "n1:2,n2:1", "--gloo", *TUNING_DEFAULTS,
+                    "--gloo-timeout-seconds", "30", "--output-filename", "/runs/x/logs", *WORKER]
+
+
+def test_mpi_controller_argv_has_no_gloo_timeout() -> None:
+    argv = build_argv(recipe(launch={"controller": "mpi"}), [Host("n1", 2)], 2, WORKER)
+    assert argv == ["horovodrun", "-np", "2", "-H", "n1:2", "--mpi", *TUNING_DEFAULTS, *WORKER]
+
+
+def test_every_tuning_flag() -> None:
+    r = recipe(horovod={"fusion_threshold_mb": 0, "cycle_time_ms": 2.5, "cache_capacity": 0,
+                        "hierarchical_allreduce": True, "timeline_file": "/tmp/tl.json",
+                        "autotune": True, "autotune_log_file": "/tmp/at.csv",
+                        "stall_check_warning_seconds": 10, "stall_check_shutdown_seconds": 20,
+                        "gloo_timeout_seconds": 7},
+               launch={"start_timeout": 12})
+    argv = build_argv(r, [Host("localhost", 2)], 2, WORKER)
+    assert argv == ["horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", "--start-timeout", "12",
+                    "--fusion-threshold-mb", "0", "--cycle-time-ms", "2.5", "--cache-capacity", "0",
+                    "--hierarchical-allreduce", "--timeline-filename", "/tmp/tl.json", "--autotune",
+                    "--autotune-log-file", "/tmp/at.csv", "--stall-check-warning-time-seconds", "10",
+                    "--stall-check-shutdown-time-seconds", "20", "--gloo-timeout-seconds", "7",
+                    *WORKER]
+
+
+def test_network_interfaces_and_ssh_options() -> None:
+    r = recipe(launch={"network_interfaces": ["eth0", "ib0"], "ssh_port": 2222,
+                       "ssh_identity_file": "/keys/id_ed25519"})
+    argv = build_argv(r, [Host("n1", 1), Host("n2", 1)], 2, WORKER)
+    assert argv[:14] == ["horovodrun", "-np", "2", "-H", "n1:1,n2:1", "--gloo",
+                         "--network-interfaces", "eth0,ib0", "-p", "2222",
+                         "-i", "/keys/id_ed25519", "--start-timeout", "30"]
+
+
+def test_elastic_flags_with_hosts_and_with_discovery_script() -> None:
+    r = recipe(elastic={"min_np": 2, "max_np": 4, "slots_per_host": 2, "reset_limit": 3,
+                        "cooldown_range": [5, 30], "elastic_timeout": 60})
+    argv = build_argv(r, [Host("n1", 1), Host("n2", 1)], 2, WORKER)
+    assert argv[:19] == ["horovodrun", "-np", "2", "-H", "n1:1,n2:1", "--min-np", "2", "--max-np", "4",
+                         "--slots-per-host", "2", "--elastic-timeout", "60", "--reset-limit", "3",
+                         "--blacklist-cooldown-range", "5", "30", "--gloo"]
+    r = recipe(elastic={"min_np": 1, "host_discovery_script": "/opt/discover.sh"})
+    argv = build_argv(r, [Host("n1", 1)], 2, WORKER)
+    assert argv[:10] == ["horovodrun", "-np", "2", "--host-discovery-script", "/opt/discover.sh",
+                         "--min-np", "1", "--elastic-timeout", "600", "--gloo"]
+
+
+def test_env_passing_goes_through_the_process_environment(tmp_path: Path) -> None:
+    loaded = load_recipe("digits-cnn", ["launch.env={NCCL_DEBUG: INFO, MY_FLAG: 'a b;c'}"])
+    plan = build_plan(loaded, np=2, run_dir=tmp_path, python="/py", horovodrun="horovodrun")
+    assert plan.env == {"NCCL_DEBUG": "INFO", "MY_FLAG": "a b;c"}
+    assert not any("MY_FLAG" in a for a in plan.argv)  # data, never spliced into the command
+
+
+def parse_with_horovod(argv: list[str], monkeypatch):
+    from horovod.runner import launch
+
+    monkeypatch.setattr(sys, "argv", ["horovodrun", *argv[1:]])
+    return launch.parse_args()
+
+
+def test_horovods_own_parser_accepts_a_maximal_argv(monkeypatch) -> None:
+    r = recipe(horovod={"fusion_threshold_mb": 64, "cycle_time_ms": 2.5, "cache_capacity": 512,
+                        "hierarchical_allreduce": True, "timeline_file": "/tmp/tl.json",
+                        "autotune": True, "autotune_log_file": "/tmp/at.csv",
+                        "stall_check_warning_seconds": 10, "stall_check_shutdown_seconds": 20,
+                        "gloo_timeout_seconds": 7},
+               launch={"network_interfaces": ["eth0", "ib0"], "ssh_port": 2222,
+                       "ssh_identity_file": "/keys/id", "start_timeout": 12},
+               elastic={"min_np": 2, "max_np": 4, "slots_per_host": 2, "reset_limit": 3,
+                        "cooldown_range": [5, 30], "elastic_timeout": 60})
+    argv = build_argv(r, [Host("n1", 2), Host("n2", 1)], 3, WORKER, output_filename="/runs/x/logs")
+    a = parse_with_horovod(argv, monkeypatch)
+    assert (a.num_proc, a.hosts, a.use_gloo, a.use_mpi) == (3, "n1:2,n2:1", True, False)
+    assert (a.min_num_proc, a.max_num_proc, a.slots, a.elastic_timeout, a.reset_limit,
+            a.cooldown_range) == (2, 4, 2, 60, 3, [5, 30])
+    assert a.nics == {"eth0", "ib0"}
+    assert (a.ssh_port, a.ssh_identity_file, a.start_timeout) == (2222, "/keys/id", 12)
+    assert (a.fusion_threshold_mb, a.cycle_time_ms, a.cache_capacity) == (64, 2.5, 512)
+    assert a.hierarchical_allreduce is True
+    assert (a.timeline_filename, a.autotune, a.autotune_log_file) == ("/tmp/tl.json", True, "/tmp/at.csv")
+    assert (a.stall_check_warning_time_seconds, a.stall_check_shutdown_time_seconds) == (10, 20)
+    assert a.gloo_timeout_seconds == 7
+    assert a.output_filename == "/runs/x/logs"
+    assert a.command == WORKER
+
+
+@pytest.mark.parametrize("name", ["digits-cnn", "synthetic-bench", "mnist-cnn", "cifar10-resnet"])
+def test_horovods_parser_accepts_every_shipped_recipes_plan(name: str, monkeypatch,
+                                                             tmp_path: Path) -> None:
+    plan = build_plan(load_recipe(name), np=2, hosts="localhost:2", run_dir=tmp_path)
+    a = parse_with_horovod(plan.argv, monkeypatch)
+    assert (a.num_proc, a.hosts, a.use_gloo) == (2, "localhost:2", True)
+    assert a.hierarchical_allreduce is False
+    assert a.stall_check_shutdown_time_seconds == 120
+    assert a.command == [sys.executable, "-m", "hvdtrain.worker", "--run-dir", str(tmp_path)]
+
+
+def test_mpi_argv_parses(monkeypatch) -> None:
+    argv = build_argv(recipe(launch={"controller": "mpi"}), [Host("n1", 2)], 2, WORKER)
+    a = parse_with_horovod(argv, monkeypatch)
+    assert (a.use_mpi, a.use_gloo) == (True, False)
+
+
+def test_derived_numbers_for_digits(tmp_path: Path) -> None:
+    plan = build_plan(load_recipe("digits-cnn"), np=2, run_dir=tmp_path, python="/py")
+    assert (plan.np, plan.batch_size, plan.global_batch) == (2, 32, 64)
+    assert plan.steps_per_epoch == 1437 // 2 // 32 == 22
+    assert (plan.base_lr, plan.peak_lr, plan.warmup_steps) == (0.05, 0.1, 22)
+    assert plan.lr_points[0] == ("first step", 0, pytest.approx(0.05 * (1 / 22 + 1)))
+    assert plan.lr_points[2] == ("warmup end", 21, pytest.approx(0.1))
+    assert plan.placement == placement([Host("localhost", 2)])
+    assert [(p.rank, p.host, p.local_rank) for p in plan.placement] == [(0, "localhost", 0),
+                                                                        (1, "localhost", 1)]
+
+
+def test_np_sources_and_host_filling(tmp_path: Path) -> None:
+    hf = tmp_path / "hf"
+    hf.write_text("a slots=2\nb slots=2\nc slots=2\n")
+    loaded = load_recipe("digits-cnn", ["launch.np=null"])
+    assert build_plan(loaded, hostfile=str(hf), run_dir=tmp_path).np == 6  # total slots
+    plan = build_plan(loaded, np=3, hostfile=str(hf), run_dir=tmp_path)  # --np wins
+    assert plan.argv[1:5] == ["-np", "3", "-H", "a:2,b:1"]
+    assert [(p.rank, p.host, p.local_rank) for p in plan.placement] == [(0, "a", 0), (1, "a", 1),
+                                                                        (2, "b", 0)]
+    plan = build_plan(load_recipe("digits-cnn", ["launch.np=4"]), hostfile=str(hf), run_dir=tmp_path)
+    assert plan.argv[1:5] == ["-np", "4", "-H", "a:2,b:2"]  # the recipe's np
+    with pytest.raises(UserError, match=r"^np=7 needs more slots than .*hf has \(6\)"):
+        build_plan(loaded, np=7, hostfile=str(hf), run_dir=tmp_path)
+    with pytest.raises(UserError, match=r"^give either --hosts or --hostfile, not both$"):
+        build_plan(loaded, hosts="a:1", hostfile=str(hf), run_dir=tmp_path)
+
+
+def test_batch_larger_than_shard_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as info:
+        build_plan(load_recipe("digits-cnn", ["data.batch_size=1000"]), np=2, run_dir=tmp_path)
+    assert str(info.value) == ("data.batch_size=1000 is larger than each worker's share of the 1437 "
+                               "training samples (718 with np=2): lower data.batch_size or the "
+                               "number of processes")
+
+
+def test_elastic_on_one_host_fails_before_launch(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^elastic training needs at least 2 hosts"):
+        build_plan(load_recipe("digits-cnn", ["elastic={min_np: 1}"]), np=2, run_dir=tmp_path)
+
+
+def test_plan_and_dry_run_print_the_same_and_launch_nothing(run_cli, tmp_path: Path) -> None:
+    common = ["digits-cnn", "train.epochs=2", "--np", "2", "--hosts", "localhost:2", "--json"]
+    plan = json.loads(run_cli("plan", *common).stdout)
+    dry = json.loads(run_cli("run", *common, "--dry-run", "--run-dir", plan["run_dir"]).stdout)
+    assert plan == dry
+    assert plan["argv"][:5] == [str(Path(sys.executable).parent / "horovodrun"), "-np", "2", "-H",
+                                "localhost:2"]
+    assert plan["command"].split()[0] == plan["argv"][0]
+    assert plan["steps_per_epoch"] == 22 and plan["peak_lr"] == 0.1
+    assert not Path(plan["run_dir"]).exists()  # nothing written, nothing launched
+    table = run_cli("plan", "digits-cnn", "--np", "2")
+    assert table.returncode == 0
+    for text in ("rank placement", "32 per worker x 2 workers = 64 global", "peak 0.1",
+                 "horovodrun command:", "-H localhost:2"):
+        assert text in table.stdout
+
+
+def test_plan_errors_exit_2_without_traceback(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("plan", "digits-cnn", "--np", "9", "--hosts", "localhost:2")
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: np=9 needs more slots than --hosts has (2): lower --np or add "
+                           "slots/hosts\n")
+    proc = run_cli("run", "digits-cnn", "--hosts", "a;b:1", "--dry-run")
+    assert proc.returncode == 2
+    assert "invalid hostname 'a;b'" in proc.stderr and "Traceback" not in proc.stderr
