@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml hvdtrain/__init__.py hvdtrain/horovod_build.py hvdtrain
 	@echo "[hvdtrain install] done: $(VENV)/bin/hvdtrain"
 
 demo: install
-	$(VENV)/bin/hvdtrain doctor
+	$(VENV)/bin/hvdtrain run digits-cnn --np 2
 
 test: install
 	$(VENV)/bin/python -m pytest -q

@@ -62,12 +62,16 @@ def dataset_sizes(recipe: Recipe) -> tuple[int, int]:
 
 
 def steps_per_epoch(train_samples: int, np: int, recipe: Recipe) -> int:
-    """Equal on every rank: each rank gets floor(N / np) samples and drops the last partial batch."""
+    """Optimizer steps per epoch, equal on every rank: each rank gets floor(N / np) samples and
+    drops the last partial step (a step is backward_passes_per_step batches)."""
     per_rank = train_samples // np
-    steps = per_rank // recipe.data.batch_size
+    passes = recipe.horovod.backward_passes_per_step
+    steps = per_rank // (recipe.data.batch_size * passes)
     if steps == 0:
+        per_step = f"data.batch_size={recipe.data.batch_size}" + (
+            f" x horovod.backward_passes_per_step={passes}" if passes > 1 else "")
         raise UserError(
-            f"data.batch_size={recipe.data.batch_size} is larger than each worker's share of the "
+            f"{per_step} is larger than each worker's share of the "
             f"{train_samples} training samples ({per_rank} with np={np}): "
             "lower data.batch_size or the number of processes")
     cap = recipe.train.max_steps_per_epoch

@@ -1,0 +1,93 @@
+"""Checkpoints: atomic writes, keep-last-K, and loading the newest *valid* one.
+
+A write goes to a temp file in the same directory and is ``os.replace``d into place, so a job killed
+mid-write never replaces the previous checkpoint. Loading uses ``torch.load(weights_only=True)``;
+a corrupt or truncated newest file is skipped with a warning, never a silent restart from epoch 0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
+TMP_PREFIX = ".tmp-"
+
+
+class CheckpointError(Exception):
+    """Checkpoints exist but none is usable."""
+
+
+@dataclass
+class Loaded:
+    path: Path
+    state: dict[str, Any]
+    skipped: list[tuple[Path, str]]  # newer files that failed to load, with the reason
+
+
+def checkpoint_path(folder: Path, epoch: int) -> Path:
+    return folder / f"epoch-{epoch:04d}.pt"
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) for every checkpoint file, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := NAME.match(p.name))]
+    return sorted(found)
+
+
+def clean_stray_temp_files(folder: Path) -> list[Path]:
+    """Remove temp files left by a write that was killed (they are never valid checkpoints)."""
+    removed = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def save(folder: Path, epoch: int, state: dict[str, Any], keep: int) -> Path:
+    """Atomically write ``state`` as the checkpoint for ``epoch`` and prune to the last ``keep``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_path(folder, epoch)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for _, old in list_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def load_latest(folder: Path, required: tuple[str, ...] = ("epoch", "model")) -> Loaded | None:
+    """The newest checkpoint that loads and has the ``required`` keys, or None if there is none."""
+    skipped: list[tuple[Path, str]] = []
+    for _, path in reversed(list_checkpoints(folder)):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated zip, bad pickle, I/O error: all mean "not usable"
+            skipped.append((path, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
+            continue
+        missing = [k for k in required if not isinstance(state, dict) or k not in state]
+        if missing:
+            skipped.append((path, f"missing {', '.join(missing)}"))
+            continue
+        return Loaded(path, state, skipped)
+    if skipped:  # checkpoints exist but none loads: never silently start again from epoch 0
+        raise CheckpointError("no valid checkpoint in " + str(folder) + ": "
+                              + "; ".join(f"{p.name}: {why}" for p, why in skipped))
+    return None

@@ -1,0 +1,197 @@
+"""Data sets as in-memory tensors, and the per-rank batch order.
+
+``load_dataset`` returns float images (N, C, H, W) normalised to roughly zero mean / unit variance
+and int64 labels, for a train and a held-out split. Readers for MNIST (IDX, raw or .gz) and CIFAR-10
+(python pickle batches) read the real file formats from a local directory; a missing or malformed
+directory raises ``DataError`` saying which files are expected where.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hvdtrain.errors import UserError
+from hvdtrain.recipe import DataConfig
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "eval_images": "t10k-images-idx3-ubyte",
+    "eval_labels": "t10k-labels-idx1-ubyte",
+}
+CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR_EVAL = "test_batch"
+DIGITS_EVAL_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+class DataError(UserError):
+    """The data directory is missing, incomplete or malformed."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    eval_x: torch.Tensor
+    eval_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+
+def _normalise(train: np.ndarray, evalx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel standardisation with the training split's statistics."""
+    train_t = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
+    eval_t = torch.from_numpy(np.ascontiguousarray(evalx, dtype=np.float32))
+    mean = train_t.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_t.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (train_t - mean) / std, (eval_t - mean) / std
+
+
+def load_digits_split() -> Dataset:
+    """scikit-learn's embedded 8x8 digits with a fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.images.reshape(-1, 1, 8, 8)
+    xtr, xev, ytr, yev = train_test_split(x, digits.target, test_size=DIGITS_EVAL_FRACTION,
+                                          stratify=digits.target, random_state=DIGITS_SPLIT_SEED)
+    train_x, eval_x = _normalise(xtr, xev)
+    return Dataset("digits", train_x, torch.from_numpy(ytr).long(), eval_x,
+                   torch.from_numpy(yev).long(), 10)
+
+
+def make_synthetic(cfg: DataConfig, seed: int) -> Dataset:
+    """Random tensors of the recipe's shape (same on every rank: seeded by the recipe, not the rank)."""
+    s = cfg.synthetic
+    g = torch.Generator().manual_seed(seed)
+    shape = tuple(s.image_shape)
+    return Dataset("synthetic",
+                   torch.randn((s.train_samples, *shape), generator=g),
+                   torch.randint(0, s.num_classes, (s.train_samples,), generator=g),
+                   torch.randn((s.eval_samples, *shape), generator=g),
+                   torch.randint(0, s.num_classes, (s.eval_samples,), generator=g),
+                   s.num_classes)
+
+
+def _open_maybe_gz(folder: Path, stem: str) -> bytes:
+    for name in (stem, stem + ".gz"):
+        path = folder / name
+        if path.is_file():
+            raw = path.read_bytes()
+            return gzip.decompress(raw) if name.endswith(".gz") else raw
+    raise FileNotFoundError(stem)
+
+
+def read_idx(raw: bytes, what: str) -> np.ndarray:
+    """Parse an IDX file (big-endian magic: 0x0000, type 0x08 = ubyte, ndim)."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{what}: not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    expected = int(np.prod(dims))
+    if body.size != expected:
+        raise ValueError(f"{what}: header says {dims} ({expected} bytes) but the file has {body.size}")
+    return body.reshape(dims)
+
+
+def load_mnist(folder: Path) -> Dataset:
+    expected = ", ".join(f"{v}[.gz]" for v in MNIST_FILES.values())
+    if not folder.is_dir():
+        raise DataError(f"MNIST data directory not found: {folder} (expected the IDX files "
+                        f"{expected}; set data.data_dir)")
+    arrays = {}
+    for key, stem in MNIST_FILES.items():
+        try:
+            arrays[key] = read_idx(_open_maybe_gz(folder, stem), stem)
+        except FileNotFoundError:
+            raise DataError(f"MNIST file missing: {folder / stem}[.gz] (expected in {folder}: "
+                            f"{expected})") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"MNIST file malformed in {folder}: {exc}") from None
+    for split in ("train", "eval"):
+        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if n_img != n_lab or arrays[f"{split}_images"].ndim != 3:
+            raise DataError(f"MNIST {split} split in {folder}: {n_img} images of shape "
+                            f"{arrays[f'{split}_images'].shape[1:]} but {n_lab} labels")
+    tr, ev = _normalise(arrays["train_images"][:, None], arrays["eval_images"][:, None])
+    return Dataset("mnist", tr, torch.from_numpy(arrays["train_labels"].astype(np.int64)), ev,
+                   torch.from_numpy(arrays["eval_labels"].astype(np.int64)), 10)
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with path.open("rb") as fh:
+        # The official CIFAR-10 format is a python pickle; only load files from a directory you trust.
+        batch = pickle.load(fh, encoding="bytes")
+    data, labels = batch.get(b"data"), batch.get(b"labels")
+    if data is None or labels is None:
+        raise ValueError(f"{path.name}: no b'data'/b'labels' entries")
+    data = np.asarray(data, dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise ValueError(f"{path.name}: expected N x 3072 uint8 data and N labels, got {data.shape}")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def load_cifar10(folder: Path) -> Dataset:
+    expected = ", ".join(CIFAR_TRAIN + [CIFAR_EVAL])
+    if not folder.is_dir():
+        raise DataError(f"CIFAR-10 data directory not found: {folder} (expected the python batches "
+                        f"{expected} from cifar-10-python.tar.gz; set data.data_dir)")
+    parts = []
+    for name in CIFAR_TRAIN + [CIFAR_EVAL]:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"CIFAR-10 file missing: {path} (expected in {folder}: {expected})")
+        try:
+            parts.append(_cifar_batch(path))
+        except (ValueError, OSError, EOFError, pickle.UnpicklingError, AttributeError) as exc:
+            raise DataError(f"CIFAR-10 file malformed: {path}: {exc}") from None
+    train_x = np.concatenate([p[0] for p in parts[:-1]])
+    train_y = np.concatenate([p[1] for p in parts[:-1]])
+    tr, ev = _normalise(train_x, parts[-1][0])
+    return Dataset("cifar10", tr, torch.from_numpy(train_y), ev, torch.from_numpy(parts[-1][1]), 10)
+
+
+def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    if cfg.dataset == "digits":
+        return load_digits_split()
+    if cfg.dataset == "synthetic":
+        return make_synthetic(cfg, seed)
+    folder = Path(cfg.data_dir or ".").expanduser()
+    return load_mnist(folder) if cfg.dataset == "mnist" else load_cifar10(folder)
+
+
+def shard_batches(n: int, batch: int, steps: int, rank: int, size: int, seed: int,
+                  epoch: int) -> Iterator[torch.Tensor]:
+    """Index batches for one rank and epoch: exactly ``steps`` batches on every rank.
+
+    Horovod's DistributedSampler recipe: one permutation per epoch from a seed shared by all ranks,
+    then rank-strided shards (disjoint); the tail that does not divide evenly is dropped.
+    """
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=size, rank=rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    sampler.set_epoch(epoch)
+    indices = torch.tensor(list(sampler), dtype=torch.long)
+    for step in range(steps):
+        yield indices[step * batch:(step + 1) * batch]
+
+
+def eval_shard(n: int, rank: int, size: int) -> torch.Tensor:
+    """Every eval sample exactly once across ranks (shards may differ in size by one)."""
+    return torch.arange(rank, n, size)
