@@ -138,7 +138,8 @@ def test_mpi_argv_parses(monkeypatch) -> None:
 
 
 def test_derived_numbers_for_digits(tmp_path: Path) -> None:
-    plan = build_plan(load_recipe("digits-cnn"), np=2, run_dir=tmp_path, python="/py")
+    plan = build_plan(load_recipe("digits-cnn", ["optimizer.base_lr=0.05"]), np=2, run_dir=tmp_path,
+                      python="/py")
     assert (plan.np, plan.batch_size, plan.global_batch) == (2, 32, 64)
     assert plan.steps_per_epoch == 1437 // 2 // 32 == 22
     assert (plan.base_lr, plan.peak_lr, plan.warmup_steps) == (0.05, 0.1, 22)
@@ -187,11 +188,11 @@ def test_plan_and_dry_run_print_the_same_and_launch_nothing(run_cli, tmp_path: P
     assert plan["argv"][:5] == [str(Path(sys.executable).parent / "horovodrun"), "-np", "2", "-H",
                                 "localhost:2"]
     assert plan["command"].split()[0] == plan["argv"][0]
-    assert plan["steps_per_epoch"] == 22 and plan["peak_lr"] == 0.1
+    assert plan["steps_per_epoch"] == 22 and plan["peak_lr"] == 0.2
     assert not Path(plan["run_dir"]).exists()  # nothing written, nothing launched
     table = run_cli("plan", "digits-cnn", "--np", "2")
     assert table.returncode == 0
-    for text in ("rank placement", "32 per worker x 2 workers = 64 global", "peak 0.1",
+    for text in ("rank placement", "32 per worker x 2 workers = 64 global", "peak 0.2",
                  "horovodrun command:", "-H localhost:2"):
         assert text in table.stdout
 
