@@ -1,0 +1,117 @@
+"""The worker->CLI event protocol and the renderers, fed with recorded horovodrun output."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from hvdtrain.display import LiveView, PlainView
+from hvdtrain.events import MARKER, encode, parse_line
+from hvdtrain.plan import build_plan
+from hvdtrain.recipe import load_recipe
+
+from conftest import ROOT
+
+RECORDED = (ROOT / "tests" / "data" / "recorded_digits_np2.txt").read_text().splitlines(True)
+
+
+def test_encode_and_parse_round_trip_with_gloo_and_mpi_prefixes() -> None:
+    line = encode("step", epoch=1, loss=float("nan"), lr=0.1)
+    assert line.startswith(MARKER)
+    gloo = parse_line(f"[0]<stdout>:{line}\n")
+    assert (gloo.rank, gloo.stream) == (0, "stdout")
+    assert gloo.event == {"event": "step", "epoch": 1, "loss": "nan", "lr": 0.1}
+    mpi = parse_line(f"[1,3]<stdout>:{line}")
+    assert (mpi.rank, mpi.event["event"]) == (3, "step")
+
+
+def test_non_events_pass_through_untouched() -> None:
+    assert parse_line("[1]<stderr>:Traceback (most recent call last):\n").event is None
+    assert parse_line(f"[1]<stderr>:{encode('done')}").event is None  # events only on stdout
+    launcher = parse_line("Process 1 exit with status code 1.")
+    assert (launcher.rank, launcher.stream, launcher.event) == (None, "launcher", None)
+    assert parse_line(f"[0]<stdout>:{MARKER}{{not json").event is None
+    assert parse_line(f'[0]<stdout>:{MARKER}{{"event": "rm -rf"}}').event is None
+    with pytest.raises(ValueError):
+        encode("bogus")
+
+
+def test_recorded_output_parses_into_the_expected_event_sequence() -> None:
+    lines = [parse_line(raw) for raw in RECORDED]
+    kinds = [ln.event["event"] for ln in lines if ln.event]
+    assert kinds == ["start", "step", "step", "epoch", "checkpoint", "step", "step", "epoch",
+                     "checkpoint", "done"]
+    plain = [ln for ln in lines if not ln.event]
+    assert [(ln.rank, ln.text) for ln in plain] == [(0, "plain worker output from rank startup"),
+                                                    (1, "plain worker output from rank startup")]
+    done = lines[-1].event
+    assert done["replicas_identical"] is True and len(set(done["param_hashes"])) == 1
+
+
+def _plan(tmp_path: Path):
+    return build_plan(load_recipe("digits-cnn", ["train.epochs=2"]), np=2, run_dir=tmp_path,
+                      python="/py", horovodrun="horovodrun")
+
+
+def replay(view) -> None:
+    view.begin()
+    for raw in RECORDED:
+        line = parse_line(raw)
+        view.event(line.event) if line.event else view.output(line)
+    view.output(parse_line("[1]<stderr>:a warning from rank 1"))
+    view.end(0)
+
+
+def test_plain_view_prints_log_lines_without_control_codes(tmp_path: Path) -> None:
+    out = io.StringIO()
+    replay(PlainView(_plan(tmp_path), out))
+    text = out.getvalue()
+    assert "\x1b" not in text
+    lines = text.splitlines()
+    assert lines[0] == "hvdtrain run digits-cnn: 2 workers on localhost:2"
+    assert "[rank 1] plain worker output from rank startup" in lines
+    assert "[rank 1] a warning from rank 1" in lines
+    assert any(ln.startswith("epoch 1 step 11/22: loss 2.3034 acc 10.94% lr 0.15 ") for ln in lines)
+    assert any(ln.startswith("epoch 2/2: train loss 1.3950 acc 50.99% | eval loss 0.8214 acc 74.44% |")
+               for ln in lines)
+    assert "started: 2 ranks on vm, 89,930 parameters, gradients float16 on the wire " \
+           "(179,860 of 359,720 bytes)" in lines
+    assert lines[-1] == (f"finished: eval accuracy 74.44%, model replicas identical on all ranks; "
+                         f"run dir {tmp_path}")
+
+
+def test_live_view_draws_bars_and_the_summary_table(tmp_path: Path) -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=140, color_system=None)
+    view = LiveView(_plan(tmp_path), console)
+    replay(view)
+    text = buf.getvalue()
+    assert "\x1b[" in text  # drawn live: cursor movement
+    for expected in ("epoch", "step", "eval acc 74.44%", "train loss", "images/s", "74.44%",
+                     "rank 1", "a warning from rank 1", "finished: eval accuracy 74.44%"):
+        assert expected in text, expected
+    assert view.progress.tasks[0].completed == 2 and view.progress.tasks[0].total == 2
+
+
+def test_run_json_view_is_json_lines(tmp_path: Path) -> None:
+    from hvdtrain.display import JsonView
+
+    out = io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stdout(out):
+        view = JsonView(_plan(tmp_path))
+        view.begin()
+        for raw in RECORDED:
+            line = parse_line(raw)
+            if line.event:
+                view.event(line.event)
+        view.end(0)
+    records = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert records[0]["event"] == "plan" and records[-1] == {"event": "exit", "code": 0,
+                                                             "run_dir": str(tmp_path)}
+    assert [r["event"] for r in records[1:-1]][:2] == ["start", "step"]

@@ -1,0 +1,142 @@
+"""Real training runs: `hvdtrain run` launches horovodrun -np 2 with Gloo on localhost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hvdtrain.recipe import Recipe, load_recipe, lr_config
+from hvdtrain.schedule import lr_at
+
+pytestmark = pytest.mark.horovod
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory, ) -> tuple[Path, object]:
+    """One full default digits-cnn run, shared by the assertions below."""
+    from conftest import hvdtrain
+
+    run_dir = tmp_path_factory.mktemp("digits") / "run"
+    proc = hvdtrain("run", "digits-cnn", "--np", "2", "--run-dir", str(run_dir), timeout=300)
+    return run_dir, proc
+
+
+def test_digits_reaches_97_percent_with_identical_replicas(digits_run) -> None:
+    run_dir, proc = digits_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["exit_status"] == 0
+    assert manifest["final_eval_acc"] >= 0.97
+    hashes = manifest["param_hashes"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1] and manifest["replicas_identical"] is True
+    assert "finished: eval accuracy" in proc.stdout
+
+
+def test_fp16_compression_is_really_used(digits_run) -> None:
+    run_dir, _ = digits_run
+    c = json.loads((run_dir / "manifest.json").read_text())["compression"]
+    assert c["name"] == "fp16" and c["wire_dtype"] == "float16"
+    assert c["wire_bytes"] * 2 == c["grad_bytes"]
+
+
+def test_run_directory_contents(digits_run) -> None:
+    run_dir, _ = digits_run
+    saved = Recipe.model_validate(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
+    assert saved == load_recipe("digits-cnn").recipe
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["np"] == 2 and manifest["hosts"] == [{"host": "localhost", "slots": 2}]
+    assert manifest["argv"][-4:] == ["-m", "hvdtrain.worker", "--run-dir", str(run_dir)]
+    assert set(manifest["versions"]) == {"hvdtrain", "torch", "horovod", "python"}
+    assert manifest["versions"]["horovod"] == "0.28.1"
+    assert manifest["start_time"] and manifest["end_time"]
+    epochs = [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["event"] == "epoch"]
+    assert epochs == list(range(1, 13))
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["epoch-0010.pt", "epoch-0011.pt", "epoch-0012.pt"]  # keep_checkpoints: 3
+    state = torch.load(run_dir / "checkpoints" / "epoch-0012.pt", weights_only=True)
+    assert state["epoch"] == 12 and state["global_step"] == 12 * 22
+    for rank in (0, 1):
+        assert (run_dir / "logs" / f"rank.{rank}" / "stdout").is_file()
+
+
+def test_warmup_lr_in_metrics_equals_the_schedule(digits_run) -> None:
+    run_dir, _ = digits_run
+    recipe = load_recipe("digits-cnn").recipe
+    steps = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["event"] == "step"]
+    warm = [r for r in steps if r["global_step"] <= 22]
+    assert len(warm) >= 4
+    for r in steps:
+        expected = lr_at(r["global_step"] - 1, 22, 2, lr_config(recipe))
+        assert r["lr"] == pytest.approx(expected, rel=1e-12), r
+    assert warm[0]["lr"] < warm[-1]["lr"] == pytest.approx(0.2)  # warmup visible, reaches peak
+
+
+def test_non_tty_output_has_no_escape_codes(digits_run) -> None:
+    _, proc = digits_run
+    assert "\x1b" not in proc.stdout and "\x1b" not in proc.stderr
+    assert "epoch 12/12: train loss" in proc.stdout
+
+
+def test_compression_none_runs(tmp_path: Path, run_cli) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", "digits-cnn", "horovod.compression=none", "train.epochs=1", "--run-dir",
+                   str(run_dir), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    c = json.loads((run_dir / "manifest.json").read_text())["compression"]
+    assert (c["name"], c["wire_dtype"], c["wire_bytes"]) == ("none", "float32", c["grad_bytes"])
+
+
+def test_resume_continues_at_the_next_epoch_with_restored_optimizer_state(tmp_path: Path,
+                                                                         run_cli) -> None:
+    from hvdtrain.train import tensors_hash
+
+    run_dir = tmp_path / "run"
+    first = run_cli("run", "digits-cnn", "train.epochs=1", "--run-dir", str(run_dir), timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    saved = torch.load(run_dir / "checkpoints" / "epoch-0001.pt", weights_only=True)
+    assert saved["optimizer"]["state"], "SGD momentum buffers are saved"
+    second = run_cli("run", "digits-cnn", "train.epochs=2", "--resume", str(run_dir), "--json",
+                     timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    events = [json.loads(x) for x in second.stdout.splitlines()]
+    resumed = next(e for e in events if e["event"] == "resumed")
+    assert resumed["epoch"] == 1
+    assert resumed["optimizer_hashes"] == [tensors_hash(saved["optimizer"]["state"])] * 2
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [2]
+    epochs = [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["event"] == "epoch"]
+    assert epochs == [1, 2]  # nothing lost, nothing repeated
+    first_step_after = next(e for e in events if e["event"] == "step")
+    assert first_step_after["global_step"] > 22  # the schedule continues from step 22
+
+
+def test_resume_with_a_changed_model_is_refused(tmp_path: Path, run_cli) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "recipe.yaml").write_text(load_recipe("digits-cnn").recipe.to_yaml())
+    before = sorted(p.name for p in run_dir.iterdir())
+    proc = run_cli("run", "digits-cnn", "model.width=16", "model.arch=resnet", "--resume",
+                   str(run_dir))
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: cannot resume {run_dir}: the recipe changes what its "
+                           "checkpoints depend on; use the original values or start a new run:\n"
+                           "  model.arch: 'small_cnn' -> 'resnet'\n  model.width: 32 -> 16\n")
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing launched or written
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path: Path, run_cli) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "keep.txt").write_text("precious")
+    proc = run_cli("run", "digits-cnn", "--run-dir", str(run_dir))
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: run directory {run_dir} already exists and is not empty: "
+                           "choose another --run-dir, or continue it with --resume\n")
+    assert (run_dir / "keep.txt").read_text() == "precious"
