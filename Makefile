@@ -27,7 +27,7 @@ test: install
 	$(VENV)/bin/python -m pytest -q
 
 bench: install
-	$(VENV)/bin/python -m pytest -q tests/bench --benchmark-only
+	$(VENV)/bin/python tests/bench/run_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

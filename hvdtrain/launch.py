@@ -16,7 +16,7 @@ import yaml
 
 from hvdtrain import __version__
 from hvdtrain.errors import UserError
-from hvdtrain.events import parse_line
+from hvdtrain.events import Line, parse_line
 from hvdtrain.plan import Plan, build_plan
 from hvdtrain.recipe import Recipe, load_recipe
 
@@ -85,6 +85,32 @@ def resume_plan(run_dir: str, recipe: str, overrides: list[str], np: int | None,
     return plan
 
 
+class RankLogs:
+    """Per-rank logs demultiplexed from horovodrun's prefixed stream: rank.N/stdout|stderr, plus
+    horovodrun.log for the launcher's own lines."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files: dict[tuple[int | None, str], Any] = {}
+
+    def write(self, line: Line) -> None:
+        key = (line.rank, line.stream)
+        fh = self.files.get(key)
+        if fh is None:
+            path = (self.folder / "horovodrun.log" if line.rank is None
+                    else self.folder / f"rank.{line.rank}" / line.stream)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = self.files[key] = path.open("a", buffering=1)
+        fh.write(line.text + "\n")
+
+    def __enter__(self) -> RankLogs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+
 def manifest(plan: Plan, started: float) -> dict[str, Any]:
     return {
         "recipe": plan.recipe_name,
@@ -124,7 +150,8 @@ def launch(plan: Plan, resume: bool = False, as_json: bool = False) -> int:
     view = make_view(plan, as_json=as_json)
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
     code = 1
-    with (plan.run_dir / "metrics.jsonl").open("a") as metrics:
+    logs = RankLogs(plan.run_dir / "logs")
+    with (plan.run_dir / "metrics.jsonl").open("a") as metrics, logs:
         view.begin()
         proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, text=True, bufsize=1,
@@ -133,6 +160,7 @@ def launch(plan: Plan, resume: bool = False, as_json: bool = False) -> int:
             assert proc.stdout is not None
             for raw in proc.stdout:
                 line = parse_line(raw)
+                logs.write(line)
                 if line.event is not None:
                     ev = line.event
                     if ev["event"] in ("step", "epoch"):

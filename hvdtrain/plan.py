@@ -89,7 +89,7 @@ def placement(hosts: list[Host]) -> list[Placement]:
 
 
 def build_argv(recipe: Recipe, hosts: list[Host], np: int, worker: list[str], *,
-               horovodrun: str = "horovodrun", output_filename: str | None = None) -> list[str]:
+               horovodrun: str = "horovodrun") -> list[str]:
     """The exact horovodrun argv for this recipe and host assignment."""
     hv, launch, elastic = recipe.horovod, recipe.launch, recipe.elastic
     argv = [horovodrun, "-np", str(np)]
@@ -133,8 +133,8 @@ def build_argv(recipe: Recipe, hosts: list[Host], np: int, worker: list[str], *,
              "--stall-check-shutdown-time-seconds", str(hv.stall_check_shutdown_seconds)]
     if launch.controller == "gloo":
         argv += ["--gloo-timeout-seconds", str(hv.gloo_timeout_seconds)]
-    if output_filename:
-        argv += ["--output-filename", output_filename]
+    # No --output-filename: horovodrun 0.28.1 crashes with it at -np 1 (log10(0) in _pad_rank);
+    # hvdtrain writes the per-rank logs itself from the prefixed stream.
     return argv + list(worker)
 
 
@@ -194,8 +194,7 @@ def build_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None
     points.sort(key=lambda p: p[1])
     env = dict(recipe.launch.env)
     argv = build_argv(recipe, assigned, world, worker_command(run_dir, python),
-                      horovodrun=horovodrun or default_horovodrun(),
-                      output_filename=str(run_dir / "logs"))
+                      horovodrun=horovodrun or default_horovodrun())
     return Plan(
         recipe_name=loaded.name, recipe=recipe, np=world, host_source=host_list.source,
         hosts=assigned, placement=placement(assigned), train_samples=train_n, eval_samples=eval_n,

@@ -166,8 +166,10 @@ def run(run_dir: Path, resume: bool) -> int:
                 y = data.train_y[micro]
                 loss = F.cross_entropy(out, y)
                 (loss / k if k > 1 else loss).backward()  # k passes make one step
-                window += torch.tensor([loss.item() * len(y), (out.argmax(1) == y).sum().item(),
-                                        len(y)], dtype=torch.float64)
+                with torch.no_grad():  # tensor accumulation: no per-step Python round trips
+                    window[0] += loss.detach() * len(y)
+                    window[1] += (out.argmax(1) == y).sum()
+                    window[2] += len(y)
             optimizer.step()
             global_step += 1
             steps_in_window += 1

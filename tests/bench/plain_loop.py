@@ -1,0 +1,45 @@
+"""Baseline for `make bench`: a plain single-process PyTorch loop with the same model, data,
+batch size, batch order and thread count as hvdtrain's loop at np=1. Prints images/s per epoch."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hvdtrain.data import load_dataset, shard_batches
+from hvdtrain.models import build_model
+from hvdtrain.plan import steps_per_epoch
+from hvdtrain.recipe import load_recipe
+
+
+def main(recipe_name: str, threads: int, *overrides: str) -> None:
+    recipe = load_recipe(recipe_name, list(overrides)).recipe
+    torch.set_num_threads(threads)
+    torch.manual_seed(recipe.train.seed)
+    data = load_dataset(recipe.data, recipe.train.seed)
+    spe = steps_per_epoch(len(data.train_y), 1, recipe)
+    model = build_model(recipe.model, data.input_shape, data.num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.optimizer.base_lr,
+                          momentum=recipe.optimizer.momentum,
+                          weight_decay=recipe.optimizer.weight_decay)
+    batch = recipe.data.batch_size
+    for epoch in range(recipe.train.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        for idx in shard_batches(len(data.train_y), batch, spe, 0, 1, recipe.train.seed, epoch):
+            opt.zero_grad()
+            out = model(data.train_x[idx])
+            loss = F.cross_entropy(out, data.train_y[idx])
+            loss.backward()
+            opt.step()
+            loss.item()
+        seconds = time.perf_counter() - t0
+        print(json.dumps({"epoch": epoch + 1, "images_per_s": spe * batch / seconds}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])
