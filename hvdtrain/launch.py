@@ -89,18 +89,22 @@ class RankLogs:
     """Per-rank logs demultiplexed from horovodrun's prefixed stream: rank.N/stdout|stderr, plus
     horovodrun.log for the launcher's own lines."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, np: int) -> None:
         self.folder = folder
         self.files: dict[tuple[int | None, str], Any] = {}
+        for rank in range(np):  # every rank gets both files, even if it never prints
+            for stream in ("stdout", "stderr"):
+                self._open(rank, stream)
+
+    def _open(self, rank: int | None, stream: str) -> Any:
+        path = (self.folder / "horovodrun.log" if rank is None
+                else self.folder / f"rank.{rank}" / stream)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.files[(rank, stream)] = path.open("a", buffering=1)
+        return fh
 
     def write(self, line: Line) -> None:
-        key = (line.rank, line.stream)
-        fh = self.files.get(key)
-        if fh is None:
-            path = (self.folder / "horovodrun.log" if line.rank is None
-                    else self.folder / f"rank.{line.rank}" / line.stream)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fh = self.files[key] = path.open("a", buffering=1)
+        fh = self.files.get((line.rank, line.stream)) or self._open(line.rank, line.stream)
         fh.write(line.text + "\n")
 
     def __enter__(self) -> RankLogs:
@@ -150,7 +154,7 @@ def launch(plan: Plan, resume: bool = False, as_json: bool = False) -> int:
     view = make_view(plan, as_json=as_json)
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
     code = 1
-    logs = RankLogs(plan.run_dir / "logs")
+    logs = RankLogs(plan.run_dir / "logs", plan.np)
     with (plan.run_dir / "metrics.jsonl").open("a") as metrics, logs:
         view.begin()
         proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

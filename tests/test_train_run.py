@@ -63,8 +63,10 @@ def test_run_directory_contents(digits_run) -> None:
     assert ckpts == ["epoch-0010.pt", "epoch-0011.pt", "epoch-0012.pt"]  # keep_checkpoints: 3
     state = torch.load(run_dir / "checkpoints" / "epoch-0012.pt", weights_only=True)
     assert state["epoch"] == 12 and state["global_step"] == 12 * 22
-    for rank in (0, 1):
-        assert (run_dir / "logs" / f"rank.{rank}" / "stdout").is_file()
+    logs = run_dir / "logs"
+    assert sorted(str(p.relative_to(logs)) for p in logs.rglob("*") if p.is_file()) == [
+        "rank.0/stderr", "rank.0/stdout", "rank.1/stderr", "rank.1/stdout"]
+    assert '"event":"done"' in (logs / "rank.0" / "stdout").read_text()
 
 
 def test_warmup_lr_in_metrics_equals_the_schedule(digits_run) -> None:
