@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
 TMP_PREFIX = ".tmp-"
@@ -54,8 +53,14 @@ def clean_stray_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
-def save(folder: Path, epoch: int, state: dict[str, Any], keep: int) -> Path:
-    """Atomically write ``state`` as the checkpoint for ``epoch`` and prune to the last ``keep``."""
+def save(folder: Path, epoch: int, state: dict[str, Any], keep: int,
+         before_replace: Callable[[], object] | None = None) -> Path:
+    """Atomically write ``state`` as the checkpoint for ``epoch`` and prune to the last ``keep``.
+
+    ``before_replace`` runs between the complete temp file and the rename (fault-injection hook).
+    """
+    import torch  # here, not at import time: the CLI reads checkpoint names without torch
+
     folder.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(folder, epoch)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pt", dir=folder)
@@ -64,6 +69,8 @@ def save(folder: Path, epoch: int, state: dict[str, Any], keep: int) -> Path:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,6 +82,8 @@ def save(folder: Path, epoch: int, state: dict[str, Any], keep: int) -> Path:
 
 def load_latest(folder: Path, required: tuple[str, ...] = ("epoch", "model")) -> Loaded | None:
     """The newest checkpoint that loads and has the ``required`` keys, or None if there is none."""
+    import torch
+
     skipped: list[tuple[Path, str]] = []
     for _, path in reversed(list_checkpoints(folder)):
         try:

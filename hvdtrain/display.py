@@ -183,6 +183,8 @@ class PlainView:
                      f"{len(e['optimizer_hashes'])} ranks ({'identical' if same else 'DIFFERENT'})")
         elif kind == "warning":
             self.say(f"warning: {e['message']}")
+        elif kind == "error":
+            self.say(f"error: {e['message']}")
         elif kind == "done":
             self.done = e
 
@@ -192,14 +194,16 @@ class PlainView:
 
     def closing(self, code: int) -> str:
         if code != 0:
-            return f"run failed: exit code {code}; run dir {self.plan.run_dir}"
+            return f"run failed (exit code {code}); run dir {self.plan.run_dir}"
         if self.done:
             same = "identical" if self.done.get("replicas_identical") else "DIFFERENT"
             return (f"finished: eval accuracy {_fmt_acc(self.done['eval_acc'])}, model replicas "
                     f"{same} on all ranks; run dir {self.plan.run_dir}")
         return f"finished; run dir {self.plan.run_dir}"
 
-    def end(self, code: int) -> None:
+    def end(self, code: int, failure: list[str] | None = None) -> None:
+        for line in failure or []:
+            self.say(line)
         self.say(self.closing(code))
 
 
@@ -249,10 +253,15 @@ class LiveView(PlainView):
         self.progress.console.print(f"[{style}]\\[{who}][/] {escape(line.text)}", highlight=False,
                                     soft_wrap=True)
 
-    def end(self, code: int) -> None:
+    def end(self, code: int, failure: list[str] | None = None) -> None:
+        from rich.panel import Panel
+
         self.progress.stop()
         if self.epochs:
             self.console.print(summary_table(self.epochs))
+        if failure:
+            self.console.print(Panel(escape("\n".join(failure)), title="what went wrong",
+                                     border_style="red"))
         style = "green" if code == 0 else "bold red"
         self.console.print(f"[{style}]{escape(self.closing(code))}[/]")
 
@@ -280,11 +289,11 @@ class JsonView:
         who = "horovodrun" if line.rank is None else f"rank {line.rank}"
         print(f"[{who}] {line.text}", file=sys.stderr, flush=True)
 
-    def end(self, code: int) -> None:
+    def end(self, code: int, failure: list[str] | None = None) -> None:
         import json
 
-        print(json.dumps({"event": "exit", "code": code, "run_dir": str(self.plan.run_dir)}),
-              flush=True)
+        print(json.dumps({"event": "exit", "code": code, "run_dir": str(self.plan.run_dir),
+                          "failure": failure or []}), flush=True)
 
 
 def make_view(plan: Plan, as_json: bool = False):

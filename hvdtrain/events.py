@@ -4,7 +4,8 @@ Under horovodrun a worker's stdout is a pipe whose lines the launcher prefixes (
 ``[rank]<stdout>:``, Open MPI: ``[job,rank]<stdout>:``), so rich cannot draw inside a worker.
 Rank 0 emits events; the hvdtrain process parses horovodrun's output and draws.
 
-Event kinds (``event`` field): start, resumed, step, epoch, checkpoint, warning, done.
+Event kinds (``event`` field): start, resumed, step, epoch, checkpoint, warning, error, done
+(from rank 0), and beat (from every rank, see heartbeat.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 MARKER = "@@hvdtrain@@ "
 PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")
-KINDS = ("start", "resumed", "step", "epoch", "checkpoint", "warning", "done")
+KINDS = ("start", "resumed", "step", "epoch", "checkpoint", "warning", "error", "done", "beat")
 
 
 def _clean(value: Any) -> Any:

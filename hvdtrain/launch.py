@@ -7,6 +7,8 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -140,53 +142,140 @@ def prepare_run_dir(plan: Plan, resume: bool) -> None:
     (folder / "recipe.yaml").write_text(plan.recipe.to_yaml())
 
 
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+def _progress_watchdog(plan: Plan) -> float | None:
+    seconds = plan.recipe.train.watchdog_seconds
+    return float(seconds) if seconds > 0 else None
+
+
 def launch(plan: Plan, resume: bool = False, as_json: bool = False) -> int:
-    """Run horovodrun for ``plan``; returns its exit code. Draws progress while it runs."""
+    """Run horovodrun for ``plan``; returns the run's exit code. Draws progress while it runs.
+
+    Failures end with one block naming the first failing rank (host, exit code or signal, last
+    stderr lines); SIGINT/SIGTERM stop every worker and exit 130/143; a run that makes no progress
+    for ``train.watchdog_seconds`` is stopped (exit 124). No worker outlives this function.
+    """
     from hvdtrain.display import make_view
+    from hvdtrain.failure import Diagnosis, TracebackFolder, stall_report
+    from hvdtrain.heartbeat import INTERVAL as BEAT_INTERVAL
+    from hvdtrain.supervisor import Supervisor
 
     prepare_run_dir(plan, resume)
-    started = time.time()
-    info = manifest(plan, started)
+    info = manifest(plan, time.time())
     man_path = plan.run_dir / "manifest.json"
     if resume and man_path.is_file():
         info["previous"] = json.loads(man_path.read_text())
     write_json_atomic(man_path, info)
     view = make_view(plan, as_json=as_json)
+    diagnosis = Diagnosis(hosts={p.rank: (p.host, p.local_rank) for p in plan.placement},
+                          settings={"gloo_timeout": plan.recipe.horovod.gloo_timeout_seconds,
+                                    "start_timeout": plan.recipe.launch.start_timeout})
+    beats: dict[int, tuple[float, dict[str, Any]]] = {}
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
+    watchdog = _progress_watchdog(plan)
+    notes: list[str] = []
     code = 1
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise _Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     logs = RankLogs(plan.run_dir / "logs", plan.np)
-    with (plan.run_dir / "metrics.jsonl").open("a") as metrics, logs:
-        view.begin()
-        proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, text=True, bufsize=1,
-                                errors="replace")
-        try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
+    sup: Supervisor | None = None
+    try:
+        with (plan.run_dir / "metrics.jsonl").open("a") as metrics, logs:
+            view.begin()
+            sup = Supervisor(plan.argv, env)
+            last_progress = time.monotonic()
+            launcher_traceback = False
+            folder = TracebackFolder()  # worker tracebacks: exception line on screen, all in logs
+            while True:
+                try:
+                    raw = sup.next_line(timeout=0.5)
+                except EOFError:
+                    break
+                if raw is None:
+                    if watchdog and time.monotonic() - last_progress > watchdog:
+                        notes.append(f"no progress from the workers for {watchdog:.0f} s "
+                                     f"(train.watchdog_seconds={watchdog:.0f}): stopped the run")
+                        notes += stall_report(beats, time.monotonic(), plan.np, BEAT_INTERVAL)
+                        sup.stop()
+                        code = 124
+                        break
+                    continue
                 line = parse_line(raw)
                 logs.write(line)
-                if line.event is not None:
-                    ev = line.event
-                    if ev["event"] in ("step", "epoch"):
-                        metrics.write(json.dumps({"time": time.time(), **ev}) + "\n")
-                        metrics.flush()
-                    if ev["event"] == "start":
-                        info["compression"] = ev.get("compression")
-                        info["worker_hosts"] = ev.get("hosts")
-                    if ev["event"] == "done":
-                        info["param_hashes"] = ev.get("param_hashes")
-                        info["replicas_identical"] = ev.get("replicas_identical")
-                        info["final_eval_acc"] = ev.get("eval_acc")
-                    view.event(ev)
-                else:
+                diagnosis.feed(line)
+                if line.event is not None and line.event["event"] == "beat":
+                    beats[int(line.event["rank"])] = (time.monotonic(), line.event)
+                elif line.event is not None:
+                    last_progress = time.monotonic()
+                    _record(line.event, info, metrics)
+                    view.event(line.event)
+                elif line.rank is None and (launcher_traceback or _starts_traceback(line.text)):
+                    launcher_traceback = True  # horovodrun's own traceback: kept in the log only
+                elif line.rank is None or line.stream != "stderr" or \
+                        folder.show(line.rank, line.text):
                     view.output(line)
-            code = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
-            view.end(code)
+            if code != 124:
+                code = sup.wait()
+                if sup.descendants():
+                    sup.stop(grace=5)  # workers horovodrun left behind
+    except _Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        stopped = sup.stop() if sup is not None else 0
+        code = 128 + exc.signum
+        notes.append(f"interrupted by {name}: stopped {stopped} process(es)")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if sup is not None and sup.proc.poll() is None:
+            sup.stop()
+    lines = diagnosis.summary(code) if code not in (0, 124) and code < 128 else []
+    lines = notes + lines
+    if code == 124:
+        lines += [x for x in diagnosis.summary(code) if x.startswith("Horovod stall")]
+    if code != 0:
+        lines += _resume_hint(plan)
     info["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     info["exit_status"] = code
+    info["failure"] = lines or None
     write_json_atomic(man_path, info)
+    view.end(code, lines)
     return code
+
+
+def _starts_traceback(text: str) -> bool:
+    return text.startswith("Traceback (most recent call last)") or \
+        text.startswith("Exception in thread")
+
+
+def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
+    """Keep what the run directory needs from an event: metrics lines and manifest facts."""
+    kind = ev["event"]
+    if kind in ("step", "epoch"):
+        metrics.write(json.dumps({"time": time.time(), **ev}) + "\n")
+        metrics.flush()
+    elif kind == "start":
+        info["compression"] = ev.get("compression")
+        info["worker_hosts"] = ev.get("hosts")
+    elif kind == "done":
+        info["param_hashes"] = ev.get("param_hashes")
+        info["replicas_identical"] = ev.get("replicas_identical")
+        info["final_eval_acc"] = ev.get("eval_acc")
+
+
+def _resume_hint(plan: Plan) -> list[str]:
+    from hvdtrain import checkpoint  # light: torch is imported only when a checkpoint is loaded
+
+    found = checkpoint.list_checkpoints(plan.run_dir / "checkpoints")
+    if not found:
+        return ["no checkpoint was written; start again with the same command"]
+    epoch, path = found[-1]
+    recipe = shlex.quote(str(plan.run_dir / "recipe.yaml"))
+    return [f"last checkpoint: {path} (epoch {epoch} complete)",
+            f"resume with: hvdtrain run {recipe} --resume {shlex.quote(str(plan.run_dir))}"]

@@ -88,6 +88,8 @@ class TrainConfig(_Section):
     keep_checkpoints: PosInt = 3
     log_interval: PosInt = 10  # steps between progress events
     max_steps_per_epoch: PosInt | None = None  # cap, for quick throughput runs
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # Inf/NaN gradients: stop the run, or skip the step
+    watchdog_seconds: NonNegInt = 600  # end the run after this long without progress (0 = off)
 
 
 class HorovodConfig(_Section):

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 import horovod.torch as hvd
-from hvdtrain import checkpoint, events
+from hvdtrain import checkpoint, events, faults
+from hvdtrain.heartbeat import Heartbeat
 from hvdtrain.data import Dataset, eval_shard, load_dataset, shard_batches
 from hvdtrain.models import build_model
 from hvdtrain.plan import steps_per_epoch
@@ -40,6 +41,29 @@ def state_hash(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def grads_finite(params: list[torch.nn.Parameter]) -> bool:
+    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+    return bool(torch.isfinite(torch.stack(norms)).all()) if norms else True
+
+
+def report_nonfinite(rank: int, epoch: int, step: int, global_step: int, loss: torch.Tensor,
+                     recipe: Recipe) -> None:
+    """Every rank stops here at the same step; rank 0 says why and which ranks' losses blew up."""
+    # Horovod: gather which ranks saw a non-finite local loss, to name them in the message.
+    bad = hvd.allgather_object(not bool(torch.isfinite(loss.detach())))
+    if rank == 0:
+        culprits = [r for r, b in enumerate(bad) if b]
+        who = (f"local loss non-finite on rank(s) {', '.join(map(str, culprits))}" if culprits
+               else "local losses finite: the overflow happened in the gradient allreduce")
+        fix = ("set horovod.gradient_predivide_factor (e.g. to the number of workers) so fp16 sums "
+               "stay in range, or lower optimizer.base_lr" if recipe.horovod.compression == "fp16"
+               else "lower optimizer.base_lr or the warmup's peak")
+        events.emit("error", message=f"non-finite gradients at epoch {epoch} step {step} (global "
+                                     f"step {global_step + 1}); {who}. Stopped every rank before the "
+                                     f"update, so checkpoints hold only finite weights. Fix: {fix}, "
+                                     "or set train.on_nonfinite=skip")
 
 
 def optimizer_hash(optimizer: torch.optim.Optimizer) -> str:
@@ -95,6 +119,10 @@ def run(run_dir: Path, resume: bool) -> int:
     import yaml
 
     recipe = Recipe.model_validate(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
+    fault = faults.from_env()
+    env_rank = int(os.environ.get("HOROVOD_RANK", "0"))
+    beat = Heartbeat(env_rank).start()
+    faults.trigger(fault, "delay_init", env_rank)
     # Horovod: join the job; with Gloo this is the rendezvous with every other rank.
     hvd.init()
     # Horovod: rank/size place this process in the job, local_size counts ranks sharing this host.
@@ -104,7 +132,10 @@ def run(run_dir: Path, resume: bool) -> int:
     data = load_dataset(recipe.data, recipe.train.seed)
     k = recipe.horovod.backward_passes_per_step
     spe = steps_per_epoch(len(data.train_y), size, recipe)
-    model = build_model(recipe.model, data.input_shape, data.num_classes)
+    model_cfg = recipe.model
+    if faults.trigger(fault, "model_shape", rank):
+        model_cfg = model_cfg.model_copy(update={"width": model_cfg.width + 1})
+    model = build_model(model_cfg, data.input_shape, data.num_classes)
     hv = recipe.horovod
     # Horovod: wrap the optimizer so gradients are ring-allreduced (fused, compressed) before
     # every step; fp16 compression halves the bytes on the wire.
@@ -149,7 +180,9 @@ def run(run_dir: Path, resume: bool) -> int:
         hvd.allgather_object(os.uname().nodename)  # Horovod: same collectives on every rank
     global_step = start_epoch * spe
     eval_loss = eval_acc = float("nan")
+    params = [p for p in model.parameters() if p.requires_grad]
     for epoch in range(start_epoch, epochs):
+        faults.trigger(fault, "raise", rank, epoch + 1)
         model.train()
         epoch_sums = torch.zeros(3, dtype=torch.float64)
         window = torch.zeros(3, dtype=torch.float64)
@@ -157,6 +190,10 @@ def run(run_dir: Path, resume: bool) -> int:
         steps_in_window = 0
         for step, idx in enumerate(shard_batches(len(data.train_y), batch * k, spe, rank, size,
                                                  recipe.train.seed, epoch)):
+            beat.at("compute", epoch + 1, step + 1)
+            faults.trigger(fault, "kill", rank, epoch + 1, step + 1)
+            faults.trigger(fault, "hang", rank, epoch + 1, step + 1)
+            inject_inf = faults.trigger(fault, "inf_grad", rank, epoch + 1, step + 1)
             lr = lr_at(global_step, spe, size, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -165,12 +202,30 @@ def run(run_dir: Path, resume: bool) -> int:
                 out = model(data.train_x[micro])
                 y = data.train_y[micro]
                 loss = F.cross_entropy(out, y)
+                if inject_inf:
+                    loss = loss * float("inf")
                 (loss / k if k > 1 else loss).backward()  # k passes make one step
                 with torch.no_grad():  # tensor accumulation: no per-step Python round trips
                     window[0] += loss.detach() * len(y)
                     window[1] += (out.argmax(1) == y).sum()
                     window[2] += len(y)
-            optimizer.step()
+            # Horovod: wait for this step's gradient allreduces, so the check below sees the averaged
+            # gradients. Averaging spreads one rank's Inf/NaN to every rank, so all ranks take the
+            # same decision at the same step without another collective.
+            beat.at("allreduce", epoch + 1, step + 1)
+            optimizer.synchronize()
+            if not grads_finite(params):
+                if recipe.train.on_nonfinite == "stop":
+                    report_nonfinite(rank, epoch + 1, step + 1, global_step, loss, recipe)
+                    return 4
+                optimizer.zero_grad()
+                if rank == 0:
+                    events.emit("warning", message=f"non-finite gradients at epoch {epoch + 1} "
+                                                   f"step {step + 1}: step skipped")
+            else:
+                # Horovod: already synchronized above; step without allreducing again.
+                with optimizer.skip_synchronize():
+                    optimizer.step()
             global_step += 1
             steps_in_window += 1
             if (step + 1) % recipe.train.log_interval == 0 or step + 1 == spe:
@@ -187,6 +242,7 @@ def run(run_dir: Path, resume: bool) -> int:
                 t_win, steps_in_window = now, 0
         seconds = time.perf_counter() - t0
         last = epoch + 1 == epochs
+        beat.at("eval", epoch + 1, spe)
         if (epoch + 1) % recipe.train.eval_every == 0 or last:
             sync_buffers(model)
             eval_loss, eval_acc = evaluate(model, data, recipe.data.eval_batch_size, rank, size)
@@ -202,8 +258,10 @@ def run(run_dir: Path, resume: bool) -> int:
                     "epoch": epoch + 1, "global_step": global_step, "world_size": size,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "recipe_model": recipe.model.model_dump(mode="json"),
-                }, keep=recipe.train.keep_checkpoints)
+                }, keep=recipe.train.keep_checkpoints, before_replace=lambda e=epoch + 1:
+                    faults.trigger(fault, "kill_in_checkpoint", rank, e))
                 events.emit("checkpoint", epoch=epoch + 1, path=str(path))
+    beat.at("finish", epochs, spe)
     sync_buffers(model)
     # Horovod: gather every rank's model hash to prove the replicas never diverged.
     hashes = hvd.allgather_object(state_hash(model))

@@ -93,7 +93,8 @@ def test_all_errors_at_once_with_lines_and_did_you_mean(tmp_path: Path) -> None:
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path: Path) -> None:
     _, problems = errors_of(tmp_path, "train:\n  zzz: 1\n")
     assert problems == ["r.yaml:2: train.zzz: unknown key; valid keys: epochs, seed, eval_every, "
-                        "checkpoint_every, keep_checkpoints, log_interval, max_steps_per_epoch"]
+                        "checkpoint_every, keep_checkpoints, log_interval, max_steps_per_epoch, "
+                        "on_nonfinite, watchdog_seconds"]
 
 
 def test_override_errors_name_the_override(tmp_path: Path) -> None:

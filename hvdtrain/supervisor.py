@@ -1,0 +1,100 @@
+"""Run horovodrun as a child we fully control: its output arrives through a queue (so the caller can
+keep a watchdog and react to signals while waiting), and stopping it stops every process under it.
+
+hvdtrain makes itself a child subreaper (Linux), so workers that horovodrun leaves behind are
+re-parented to hvdtrain instead of init and can still be found and ended: no orphans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+
+import psutil
+
+PR_SET_CHILD_SUBREAPER = 36
+_EOF = object()
+
+
+def become_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class Supervisor:
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        become_subreaper()
+        # A new session: a terminal's Ctrl-C reaches hvdtrain only, which then stops the job in order.
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, text=True, bufsize=1,
+                                     errors="replace", start_new_session=True)
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self._queue.put(raw)
+        self._queue.put(_EOF)
+
+    def next_line(self, timeout: float) -> str | None:
+        """The next output line; None if none arrived within ``timeout``. Raises EOFError at end."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is _EOF:
+            raise EOFError
+        return item  # type: ignore[return-value]
+
+    def descendants(self) -> list[psutil.Process]:
+        """horovodrun and everything under it, plus orphans re-parented to us."""
+        try:
+            return psutil.Process().children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def stop(self, grace: float = 10.0) -> int:
+        """SIGTERM every process under us, SIGKILL what is left after ``grace`` s. Returns how many."""
+        procs = self.descendants()
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        self.reap()
+        return len(procs)
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        self._reader.join(timeout=5)
+        return code
+
+    def reap(self) -> None:
+        """Collect exit statuses of re-parented orphans (after horovodrun's own is known)."""
+        if self.proc.returncode is None:
+            return
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                time.sleep(0.05)
