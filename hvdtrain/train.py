@@ -265,9 +265,12 @@ def run(run_dir: Path, resume: bool) -> int:
     sync_buffers(model)
     # Horovod: gather every rank's model hash to prove the replicas never diverged.
     hashes = hvd.allgather_object(state_hash(model))
+    # Horovod: and every rank's step count, to show they all ran the same number of steps.
+    steps = hvd.allgather_object(global_step)
     if rank == 0:
         events.emit("done", epochs=epochs, eval_acc=eval_acc, eval_loss=eval_loss,
-                    param_hashes=hashes, replicas_identical=len(set(hashes)) == 1)
+                    param_hashes=hashes, replicas_identical=len(set(hashes)) == 1,
+                    steps_per_rank=steps)
     return 0
 
 
