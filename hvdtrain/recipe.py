@@ -162,6 +162,15 @@ class LaunchConfig(_Section):
                 raise ValueError(f"{name!r} is not a network interface name (e.g. eth0, ens5)")
         return v
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_scalars(cls, v: object) -> object:
+        """OMP_NUM_THREADS: 4 means "4": numbers and booleans become strings (YAML spelling)."""
+        if isinstance(v, dict):
+            return {k: (str(x).lower() if isinstance(x, bool) else str(x))
+                    if isinstance(x, (int, float, bool)) else x for k, x in v.items()}
+        return v
+
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:

@@ -42,11 +42,11 @@ def test_bare_name_and_path_resolve_to_the_same_recipe() -> None:
 def test_overrides_are_typed_and_validated() -> None:
     loaded = load_recipe("digits-cnn", ["optimizer.base_lr=0.1", "train.epochs=3",
                                         "horovod.compression=none", "launch.network_interfaces=[eth0]",
-                                        "launch.env={A: '1'}"])
+                                        "launch.env={A: '1', OMP_NUM_THREADS: 4, FLAG: true}"])
     r = loaded.recipe
     assert (r.optimizer.base_lr, r.train.epochs, r.horovod.compression) == (0.1, 3, "none")
     assert r.launch.network_interfaces == ["eth0"]
-    assert r.launch.env == {"A": "1"}
+    assert r.launch.env == {"A": "1", "OMP_NUM_THREADS": "4", "FLAG": "true"}
 
 
 def test_defaults_fill_a_minimal_recipe(tmp_path: Path) -> None:
