@@ -112,6 +112,10 @@ def _fmt(x: object, spec: str = ".4f") -> str:
 def header_lines(plan: Plan) -> list[str]:
     r = plan.recipe
     hosts = ", ".join(f"{h.name}:{h.slots}" for h in plan.hosts)
+    if r.elastic and r.elastic.host_discovery_script:
+        hosts = f"hosts from {r.elastic.host_discovery_script} (elastic, min {r.elastic.min_np})"
+    elif r.elastic:
+        hosts += f" (elastic, min {r.elastic.min_np})"
     return [
         f"hvdtrain run {plan.recipe_name}: {plan.np} workers on {hosts}",
         f"  compression {r.horovod.compression}, op {r.horovod.op}; batch {plan.batch_size}/worker "

@@ -112,6 +112,12 @@ class Diagnosis:
         if self.stall:
             out.append("Horovod stall inspector: " + " | ".join(self.stall[-4:]))
         hint = self.hint()
+        failed = {r for r, c in self.exits if c != 0}
+        if self.settings.get("elastic") and len(failed) > 1:
+            hint = ("elastic mode could not continue: after losing a worker the surviving ranks "
+                    "crashed too. Upstream Horovod 0.28.1 on PyTorch + Gloo often dies this way "
+                    "(horovod issue #2908); continue from the last checkpoint with the resume "
+                    "command below")
         if hint and not self.errors:
             out.append(f"hint: {hint}")
         return out

@@ -173,7 +173,8 @@ def launch(plan: Plan, resume: bool = False, as_json: bool = False) -> int:
     view = make_view(plan, as_json=as_json)
     diagnosis = Diagnosis(hosts={p.rank: (p.host, p.local_rank) for p in plan.placement},
                           settings={"gloo_timeout": plan.recipe.horovod.gloo_timeout_seconds,
-                                    "start_timeout": plan.recipe.launch.start_timeout})
+                                    "start_timeout": plan.recipe.launch.start_timeout,
+                                    "elastic": plan.recipe.elastic is not None})
     beats: dict[int, tuple[float, dict[str, Any]]] = {}
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
     watchdog = _progress_watchdog(plan)
@@ -215,7 +216,10 @@ def launch(plan: Plan, resume: bool = False, as_json: bool = False) -> int:
                 elif line.event is not None:
                     last_progress = time.monotonic()
                     _record(line.event, info, metrics)
-                    view.event(line.event)
+                    try:
+                        view.event(line.event)
+                    except (KeyError, TypeError, ValueError) as exc:  # never die on a bad event
+                        view.output(Line(None, "launcher", f"unreadable event ({exc!r}): {raw}"))
                 elif line.rank is None and (launcher_traceback or _starts_traceback(line.text)):
                     launcher_traceback = True  # horovodrun's own traceback: kept in the log only
                 elif line.rank is None or line.stream != "stderr" or \

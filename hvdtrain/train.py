@@ -43,6 +43,37 @@ def state_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def share_cores() -> list[str]:
+    """Give this rank its share of the machine's cores: cores / ranks on the same machine.
+
+    Counted by real node name, not Horovod's local_size: two "hosts" that are the same machine
+    (localhost and 127.0.0.1, or network namespaces) would otherwise oversubscribe the cores.
+    """
+    # Horovod: every rank's node name, to count the ranks sharing this machine.
+    nodes = hvd.allgather_object(os.uname().nodename)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // nodes.count(os.uname().nodename)))
+    return nodes
+
+
+def prime_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the optimizer's per-parameter state with a zero-LR, zero-gradient local step.
+
+    Horovod's broadcast_optimizer_state does such a step itself on ranks with empty state, but with
+    the configured LR, so weight decay moves those ranks' weights after they were synchronised.
+    """
+    saved = [g["lr"] for g in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+        for p in group["params"]:
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+    # Horovod: the wrapped optimizer's own step, so no allreduce is involved.
+    super(optimizer.__class__, optimizer).step()
+    for group, lr in zip(optimizer.param_groups, saved):
+        group["lr"] = lr
+    optimizer.zero_grad()
+
+
 def grads_finite(params: list[torch.nn.Parameter]) -> bool:
     norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
     return bool(torch.isfinite(torch.stack(norms)).all()) if norms else True
@@ -123,11 +154,15 @@ def run(run_dir: Path, resume: bool) -> int:
     env_rank = int(os.environ.get("HOROVOD_RANK", "0"))
     beat = Heartbeat(env_rank).start()
     faults.trigger(fault, "delay_init", env_rank)
+    if recipe.elastic is not None:
+        from hvdtrain.elastic_loop import run_elastic
+
+        return run_elastic(recipe, run_dir, resume, fault, beat)
     # Horovod: join the job; with Gloo this is the rendezvous with every other rank.
     hvd.init()
     # Horovod: rank/size place this process in the job, local_size counts ranks sharing this host.
-    rank, size, local_size = hvd.rank(), hvd.size(), hvd.local_size()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))  # no oversubscription
+    rank, size = hvd.rank(), hvd.size()
+    nodes = share_cores()
     torch.manual_seed(recipe.train.seed + rank)  # dropout etc.; weights come from rank 0 below
     data = load_dataset(recipe.data, recipe.train.seed)
     k = recipe.horovod.backward_passes_per_step
@@ -171,13 +206,11 @@ def run(run_dir: Path, resume: bool) -> int:
     if rank == 0:
         events.emit("start", epochs=epochs, start_epoch=start_epoch, steps_per_epoch=spe,
                     world_size=size, threads=torch.get_num_threads(),
-                    hosts=sorted(set(hvd.allgather_object(os.uname().nodename))),
+                    hosts=sorted(set(nodes)),
                     compression={"name": hv.compression, **compression_report(optimizer, model)},
                     op=hv.op, base_lr=recipe.optimizer.base_lr, peak_lr=peak_lr(cfg, size),
                     params=sum(p.numel() for p in model.parameters()),
                     train_samples=len(data.train_y), eval_samples=len(data.eval_y))
-    else:
-        hvd.allgather_object(os.uname().nodename)  # Horovod: same collectives on every rank
     global_step = start_epoch * spe
     eval_loss = eval_acc = float("nan")
     params = [p for p in model.parameters() if p.requires_grad]
