@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from hvdtrain.events import Line
 
 EXIT_LINE = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.")
+# Stderr of a rank that died because another one did (Horovod shut down, peer connection lost).
+SECONDARY = re.compile(r"Horovod has been shut down|Connection (closed|reset) by peer")
+# ...unless it also shows a cause of its own.
+PRIMARY = re.compile(r"Mismatched|non-finite|Wait timeout")
 TAIL = 12
 
 # (pattern in any worker's stderr, hint). The first match wins.
@@ -73,8 +77,17 @@ class Diagnosis:
                 self.stall.append(line.text.strip())
 
     def first_failure(self) -> tuple[int, int] | None:
-        """The first rank horovodrun reported with a non-zero exit."""
-        return next(((r, c) for r, c in self.exits if c != 0), None)
+        """The root-cause rank: the first reported non-zero exit whose stderr does not merely show
+        the knock-on effect of another rank's death (horovodrun's report order is a race)."""
+        failed = [(r, c) for r, c in self.exits if c != 0]
+        primary = [(r, c) for r, c in failed if not self._secondary(r, c)]
+        return (primary or failed or [None])[0]
+
+    def _secondary(self, rank: int, code: int) -> bool:
+        if code == 128 + 15:  # SIGTERM: horovodrun stopping the survivors
+            return True
+        text = "\n".join(self.tails.get(rank, ()))
+        return bool(SECONDARY.search(text)) and not PRIMARY.search(text)
 
     def hint(self) -> str | None:
         """A hint from the first failing rank's stderr (all ranks' when no rank is known)."""
