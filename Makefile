@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_VERSION := $(shell sed -n 's/^TORCH_VERSION = "\(.*\)"/\1/p' hvdtrain/__init__.py)
 STAMP  := $(VENV)/.hvdtrain-installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench clean test-hosts-deps
 
 install: $(STAMP)
 
@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml hvdtrain/__init__.py hvdtrain/horovod_build.py hvdtrain
 	@$(PY) -m pip install --quiet --disable-pip-version-check "torch==$(TORCH_VERSION)"
 	@$(PY) -m hvdtrain.horovod_build
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@$(MAKE) --no-print-directory test-hosts-deps
 	@touch $(STAMP)
 	@echo "[hvdtrain install] done: $(VENV)/bin/hvdtrain"
 
@@ -31,3 +32,12 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# The two-host tests run an sshd per network namespace; install it from the system package manager
+# when missing (root + apt only; elsewhere those tests are skipped with the reason).
+test-hosts-deps:
+	@if [ -x /usr/sbin/sshd ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "[hvdtrain install] installing openssh-server for the two-host tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2 >/dev/null; \
+	else echo "[hvdtrain install] no sshd and no apt-get as root: two-host tests will be skipped"; fi

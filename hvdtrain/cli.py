@@ -187,9 +187,23 @@ def validate(
 @app.command()
 def hosts(
     hostfile: Annotated[str, typer.Argument(help="Hostfile to parse and validate.")],
+    check: Annotated[bool, typer.Option(
+        "--check", help="Pre-flight: ssh to every host (in parallel) and compare its Python, torch, "
+                        "Horovod and hvdtrain, interpreter path, working directory and network "
+                        "interfaces with this host's.")] = False,
+    ssh_port: Annotated[Optional[int], typer.Option("--ssh-port", help="ssh port (with --check).")] = None,
+    ssh_identity_file: Annotated[Optional[str], typer.Option(
+        "--ssh-identity-file", help="ssh private key (with --check).")] = None,
+    network_interfaces: Annotated[Optional[str], typer.Option(
+        "--network-interfaces", help="Interfaces you plan to use, e.g. eth0 (with --check).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per host (with --check).")] = 15.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Parse and validate a hostfile: print the hosts and slots, or every error (exit 2)."""
+    """Parse and validate a hostfile: print the hosts and slots, or every error (exit 2).
+
+    With --check, also probe every host the way horovodrun will reach it; exit 1 with the fix
+    when a host would make horovodrun fail or hang.
+    """
     from hvdtrain.hosts import parse_hostfile
 
     try:
@@ -199,6 +213,19 @@ def hosts(
             typer.echo(json.dumps({"ok": False, "errors": [str(exc), *exc.problems]}, indent=2))
             raise typer.Exit(exc.exit_code)
         fail(exc)
+    if check:
+        from hvdtrain.preflight import check_hosts
+
+        wanted = [i for i in (network_interfaces or "").split(",") if i]
+        report = check_hosts([h.name for h in parsed.hosts], ssh_port, ssh_identity_file, timeout,
+                             wanted)
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            from hvdtrain.display import print_preflight
+
+            print_preflight(_console(), report)
+        raise typer.Exit(0 if report["ok"] else 1)
     if as_json:
         typer.echo(json.dumps({
             "ok": True, "source": parsed.source, "total_slots": parsed.total_slots,
@@ -254,6 +281,9 @@ def run(
     ] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan (same as `hvdtrain plan`) and launch nothing.")] = False,
+    no_check: Annotated[bool, typer.Option(
+        "--no-check", help="Skip the pre-flight check of remote hosts (see `hvdtrain hosts --check`).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train: validate the recipe, print the plan, run horovodrun and draw live progress.
@@ -274,11 +304,32 @@ def run(
         return
     from hvdtrain.launch import launch
 
+    if not no_check:
+        _preflight_remote(the_plan)
     try:
         code = launch(the_plan, resume=bool(resume), as_json=as_json)
     except UserError as exc:
         fail(exc)
     raise typer.Exit(code)
+
+
+def _preflight_remote(the_plan) -> None:
+    """Before launching on remote hosts, check them; refuse (exit 2) with the table if one fails."""
+    from hvdtrain.preflight import check_hosts, is_local, local_addresses
+
+    local = local_addresses()
+    if all(is_local(h.name, local) for h in the_plan.hosts):
+        return
+    launch_cfg = the_plan.recipe.launch
+    report = check_hosts([h.name for h in the_plan.hosts], launch_cfg.ssh_port,
+                         launch_cfg.ssh_identity_file, 15.0, launch_cfg.network_interfaces)
+    if not report["ok"]:
+        from hvdtrain.display import print_preflight
+
+        print_preflight(err_console, report)
+        err_console.print("error: pre-flight check failed, nothing launched (fix the hosts above, "
+                          "or skip the check with --no-check)", highlight=False)
+        raise typer.Exit(2)
 
 
 def main() -> None:

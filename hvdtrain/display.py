@@ -99,6 +99,30 @@ def print_plan(console: Console, plan: Plan) -> None:
     console.print(escape(plan.command), soft_wrap=True, highlight=False)
 
 
+def print_preflight(console: Console, report: dict) -> None:
+    """The `hosts --check` table: one row per host, problems spelled out."""
+    table = Table(title="pre-flight check")
+    for col in ("host", "ssh", "python", "torch", "horovod", "hvdtrain", "interfaces", "problems"):
+        table.add_column(col, overflow="fold")
+    for r in report["hosts"]:
+        f = r["facts"] or {}
+        v = f.get("versions", {})
+        ifaces = ", ".join(sorted(f.get("interfaces", {}))) if f else ""
+        ssh = "local" if r["local"] else ("[green]ok[/]" if r["reachable"] else "[red]unreachable[/]")
+        problems = "\n".join(r["problems"]) or "[green]none[/]"
+        table.add_row(escape(r["host"]), ssh, f.get("python", ""), v.get("torch") or "",
+                      v.get("horovod") or "", v.get("hvdtrain") or "", escape(ifaces),
+                      problems if not r["problems"] else f"[red]{escape(problems)}[/]")
+    console.print(table)
+    common = ", ".join(report["common_interfaces"]) or "none"
+    console.print(f"interfaces on every host (not loopback/docker/bridge): {escape(common)}")
+    if report["recommended_network_interfaces"]:
+        setting = f"launch.network_interfaces=[{','.join(report['recommended_network_interfaces'])}]"
+        console.print(f"recommended: {escape(setting)}")
+    console.print("[green]all hosts can run this job[/]" if report["ok"]
+                  else "[bold red]fix the problems above before launching[/]")
+
+
 # --- live run views: rich when stdout is a terminal, plain lines otherwise, JSON for --json ----
 
 def _fmt_acc(x: object) -> str:
@@ -170,7 +194,7 @@ class PlainView:
         kind = e["event"]
         if kind == "start":
             c = e["compression"]
-            self.say(f"started: {e['world_size']} ranks on {', '.join(e['hosts'])}, "
+            self.say(f"started: {e['world_size']} ranks on {', '.join(sorted(set(e['hosts'])))}, "
                      f"{e['params']:,} parameters, gradients {c['wire_dtype']} on the wire "
                      f"({c['wire_bytes']:,} of {c['grad_bytes']:,} bytes)")
         elif kind == "step":

@@ -95,7 +95,7 @@ def _train(state, recipe: Recipe, data, run_dir: Path, fault, beat: Heartbeat) -
         events.emit("start", epochs=epochs, start_epoch=state.epoch,
                     steps_per_epoch=steps_per_epoch(len(data.train_y), hvd.size(), recipe),
                     world_size=hvd.size(), threads=torch.get_num_threads(),
-                    hosts=sorted(set(nodes)),
+                    hosts=nodes,
                     compression={"name": recipe.horovod.compression,
                                  **compression_report(optimizer, model)}, op=recipe.horovod.op,
                     base_lr=recipe.optimizer.base_lr, peak_lr=peak_lr(cfg, hvd.size()),

@@ -2,7 +2,8 @@
 
 Horovod's last release does not build as published: it asks for C++14 while PyTorch >= 2.1
 headers need C++17, and CMake 4 rejects its old ``cmake_minimum_required``. This module downloads
-the PyPI sdist, applies ``patches/horovod-0.28.1-cxx17.patch`` and builds a wheel with PyTorch +
+the PyPI sdist, applies ``patches/horovod-0.28.1.patch`` (C++17, and a Gloo interface fix for
+multi-host runs) and builds a wheel with PyTorch +
 Gloo (plus MPI when an MPI compiler is on PATH, NCCL when torch has CUDA). The wheel is cached
 outside the repo under a key of everything that changes the binary, so a re-install takes seconds.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from hvdtrain import HOROVOD_VERSION
 
-PATCH = Path(__file__).parent / "patches" / f"horovod-{HOROVOD_VERSION}-cxx17.patch"
+PATCH = Path(__file__).parent / "patches" / f"horovod-{HOROVOD_VERSION}.patch"
 # What Horovod's setup.py needs importable when it runs without build isolation.
 BUILD_DEPS = ["setuptools", "wheel", "packaging", "psutil", "cffi", "cloudpickle", "pyyaml"]
 

@@ -44,15 +44,17 @@ def state_hash(model: torch.nn.Module) -> str:
 
 
 def share_cores() -> list[str]:
-    """Give this rank its share of the machine's cores: cores / ranks on the same machine.
+    """Give this rank its share of the machine's cores (cores / ranks on the same machine);
+    returns each rank's host as horovodrun named it.
 
     Counted by real node name, not Horovod's local_size: two "hosts" that are the same machine
     (localhost and 127.0.0.1, or network namespaces) would otherwise oversubscribe the cores.
     """
-    # Horovod: every rank's node name, to count the ranks sharing this machine.
-    nodes = hvd.allgather_object(os.uname().nodename)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // nodes.count(os.uname().nodename)))
-    return nodes
+    node = os.uname().nodename
+    # Horovod: every rank's machine and the host name horovodrun gave it, in rank order.
+    seen = hvd.allgather_object((node, os.environ.get("HOROVOD_HOSTNAME", node)))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // [n for n, _ in seen].count(node)))
+    return [host for _, host in seen]
 
 
 def prime_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -206,7 +208,7 @@ def run(run_dir: Path, resume: bool) -> int:
     if rank == 0:
         events.emit("start", epochs=epochs, start_epoch=start_epoch, steps_per_epoch=spe,
                     world_size=size, threads=torch.get_num_threads(),
-                    hosts=sorted(set(nodes)),
+                    hosts=nodes,
                     compression={"name": hv.compression, **compression_report(optimizer, model)},
                     op=hv.op, base_lr=recipe.optimizer.base_lr, peak_lr=peak_lr(cfg, size),
                     params=sum(p.numel() for p in model.parameters()),

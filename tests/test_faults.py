@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -150,8 +151,11 @@ def test_inf_gradient_stops_every_rank_at_the_same_step(run_cli, run_dir) -> Non
     assert ("non-finite gradients at epoch 2 step 4 (global step 26); local loss non-finite on "
             "rank(s) 1. Stopped every rank before the update") in proc.stdout
     assert "gradient_predivide_factor" in proc.stdout
+    # The message comes from rank 0 after an allgather that every rank joined at that step; both
+    # ranks then exit 4 (unless horovodrun terminates the slower one first: 143).
     log = (run_dir / "logs" / "horovodrun.log").read_text()
-    assert "Process 0 exit with status code 4." in log and "Process 1 exit with status code 4." in log
+    codes = {r: c for r, c in re.findall(r"Process (\d) exit with status code (\d+)\.", log)}
+    assert codes["0"] in ("4", "143") and codes["1"] in ("4", "143") and "4" in codes.values()
     for ckpt in (run_dir / "checkpoints").glob("epoch-*.pt"):
         state = torch.load(ckpt, weights_only=True)
         assert all(torch.isfinite(t).all() for t in state["model"].values())

@@ -31,11 +31,12 @@ def test_build_env_selects_frameworks_and_controllers_explicitly() -> None:
     assert "HOROVOD_WITHOUT_MPI" not in mpi
 
 
-def test_patch_sets_cxx17_in_both_cmake_files() -> None:
+def test_patch_sets_cxx17_and_fixes_the_gloo_interface() -> None:
     text = PATCH.read_text()
     assert text.count("+set(CMAKE_CXX_STANDARD 17)") == 1
     assert text.count("+    set(CMAKE_CXX_STANDARD 17)") == 1
     assert "+++ b/CMakeLists.txt" in text and "+++ b/horovod/torch/CMakeLists.txt" in text
+    assert "+  gloo_iface_ = global_context.gloo_iface_;" in text
 
 
 def test_installed_horovod_matches_this_environment() -> None:
