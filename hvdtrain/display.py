@@ -242,8 +242,13 @@ class LiveView(PlainView):
 
     def __init__(self, plan: Plan, console: Console) -> None:
         super().__init__(plan)
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = console
         self.progress = Progress(TextColumn("{task.description:>6}"), BarColumn(),

@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import horovod.torch as hvd
 import torch
 import torch.nn.functional as F
 
-import horovod.torch as hvd
 from hvdtrain import checkpoint, events, faults
 from hvdtrain.data import load_dataset
 from hvdtrain.heartbeat import Heartbeat
@@ -22,10 +22,18 @@ from hvdtrain.models import build_model
 from hvdtrain.plan import steps_per_epoch
 from hvdtrain.recipe import Recipe, lr_config
 from hvdtrain.schedule import lr_at, peak_lr
-from hvdtrain.train import (compression_report, evaluate, grads_finite, make_optimizer,
-                            optimizer_hash, prime_optimizer_state, report_nonfinite,
-                            share_cores, state_hash,
-                            sync_buffers)
+from hvdtrain.train import (
+    compression_report,
+    distributed_optimizer,
+    evaluate,
+    grads_finite,
+    optimizer_hash,
+    prime_optimizer_state,
+    report_nonfinite,
+    share_cores,
+    state_hash,
+    sync_buffers,
+)
 
 
 def run_elastic(recipe: Recipe, run_dir: Path, resume: bool, fault: faults.Fault | None,
@@ -36,14 +44,7 @@ def run_elastic(recipe: Recipe, run_dir: Path, resume: bool, fault: faults.Fault
     torch.manual_seed(recipe.train.seed)
     data = load_dataset(recipe.data, recipe.train.seed)
     model = build_model(recipe.model, data.input_shape, data.num_classes)
-    hv = recipe.horovod
-    # Horovod: gradients ring-allreduced before every step, fp16 on the wire by default.
-    optimizer = hvd.DistributedOptimizer(
-        make_optimizer(model, recipe), named_parameters=model.named_parameters(),
-        compression=hvd.Compression.fp16 if hv.compression == "fp16" else hvd.Compression.none,
-        op=hvd.Adasum if hv.op == "adasum" else hvd.Average,
-        gradient_predivide_factor=hv.gradient_predivide_factor,
-        backward_passes_per_step=hv.backward_passes_per_step)
+    optimizer = distributed_optimizer(model, recipe)
     prime_optimizer_state(optimizer)
     # Horovod: a sampler that re-shards the not-yet-processed samples whenever the world changes.
     sampler = hvd.elastic.ElasticSampler(range(len(data.train_y)), shuffle=True,

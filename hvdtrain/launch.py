@@ -274,7 +274,9 @@ def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
 
 
 def _resume_hint(plan: Plan) -> list[str]:
-    from hvdtrain import checkpoint  # light: torch is imported only when a checkpoint is loaded
+    from hvdtrain import (
+        checkpoint,  # light: torch is imported only when a checkpoint is loaded
+    )
 
     found = checkpoint.list_checkpoints(plan.run_dir / "checkpoints")
     if not found:

@@ -11,13 +11,13 @@ import os
 import time
 from pathlib import Path
 
+import horovod.torch as hvd
 import torch
 import torch.nn.functional as F
 
-import horovod.torch as hvd
 from hvdtrain import checkpoint, events, faults
-from hvdtrain.heartbeat import Heartbeat
 from hvdtrain.data import Dataset, eval_shard, load_dataset, shard_batches
+from hvdtrain.heartbeat import Heartbeat
 from hvdtrain.models import build_model
 from hvdtrain.plan import steps_per_epoch
 from hvdtrain.recipe import Recipe, lr_config
@@ -32,6 +32,18 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimi
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
     return cls(model.parameters(), lr=o.base_lr, betas=(o.momentum, 0.999),
                weight_decay=o.weight_decay)
+
+
+def distributed_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    hv = recipe.horovod
+    # Horovod: wrap the optimizer so gradients are ring-allreduced (fused, compressed) before
+    # every step; fp16 compression halves the bytes on the wire.
+    return hvd.DistributedOptimizer(
+        make_optimizer(model, recipe), named_parameters=model.named_parameters(),
+        compression=hvd.Compression.fp16 if hv.compression == "fp16" else hvd.Compression.none,
+        op=hvd.Adasum if hv.op == "adasum" else hvd.Average,
+        gradient_predivide_factor=hv.gradient_predivide_factor,
+        backward_passes_per_step=hv.backward_passes_per_step)
 
 
 def state_hash(model: torch.nn.Module) -> str:
@@ -174,13 +186,7 @@ def run(run_dir: Path, resume: bool) -> int:
         model_cfg = model_cfg.model_copy(update={"width": model_cfg.width + 1})
     model = build_model(model_cfg, data.input_shape, data.num_classes)
     hv = recipe.horovod
-    # Horovod: wrap the optimizer so gradients are ring-allreduced (fused, compressed) before
-    # every step; fp16 compression halves the bytes on the wire.
-    optimizer = hvd.DistributedOptimizer(
-        make_optimizer(model, recipe), named_parameters=model.named_parameters(),
-        compression=hvd.Compression.fp16 if hv.compression == "fp16" else hvd.Compression.none,
-        op=hvd.Adasum if hv.op == "adasum" else hvd.Average,
-        gradient_predivide_factor=hv.gradient_predivide_factor, backward_passes_per_step=k)
+    optimizer = distributed_optimizer(model, recipe)
 
     ckpt_dir = run_dir / "checkpoints"
     start_epoch, restored_from = 0, ""

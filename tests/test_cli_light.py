@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from hvdtrain import __version__
-
-from conftest import ROOT
 
 PROBE = """
 import sys

@@ -10,9 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 import netns
+import pytest
 from conftest import BIN, ROOT
 
 pytestmark = pytest.mark.horovod

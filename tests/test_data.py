@@ -11,8 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from hvdtrain.data import (CIFAR_EVAL, CIFAR_TRAIN, MNIST_FILES, DataError, eval_shard,
-                           load_cifar10, load_dataset, load_digits_split, load_mnist, shard_batches)
+from hvdtrain.data import (
+    CIFAR_EVAL,
+    CIFAR_TRAIN,
+    MNIST_FILES,
+    DataError,
+    eval_shard,
+    load_cifar10,
+    load_dataset,
+    load_digits_split,
+    load_mnist,
+    shard_batches,
+)
 from hvdtrain.plan import DATASET_SIZES
 from hvdtrain.recipe import DataConfig
 

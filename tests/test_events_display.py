@@ -7,14 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from rich.console import Console
 
 from hvdtrain.display import LiveView, PlainView
 from hvdtrain.events import MARKER, encode, parse_line
 from hvdtrain.plan import build_plan
 from hvdtrain.recipe import load_recipe
-
-from conftest import ROOT
 
 RECORDED = (ROOT / "tests" / "data" / "recorded_digits_np2.txt").read_text().splitlines(True)
 

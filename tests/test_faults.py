@@ -14,7 +14,6 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-
 from conftest import BIN, ROOT
 
 pytestmark = pytest.mark.horovod

@@ -5,7 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from hvdtrain.horovod_build import PATCH, BuildConfig, detect_config, horovod_built_torch
+from hvdtrain.horovod_build import (
+    PATCH,
+    BuildConfig,
+    detect_config,
+    horovod_built_torch,
+)
 
 CFG = BuildConfig(horovod="0.28.1", torch="2.13.0+cpu", python="cp311", machine="x86_64",
                   mpi=False, nccl=False, patch_sha="abc123")

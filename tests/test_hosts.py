@@ -7,11 +7,10 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from hvdtrain.errors import UserError
 from hvdtrain.hosts import Host, HostList, assign, parse_hostfile, parse_hosts_arg
-
-from conftest import ROOT
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "hf") -> Path:

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from hvdtrain.errors import UserError
 from hvdtrain.recipe import Recipe, load_recipe, shipped_recipes
-
-from conftest import ROOT
 
 
 def test_four_recipes_ship_and_every_one_validates() -> None:

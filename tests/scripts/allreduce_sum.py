@@ -2,9 +2,8 @@
 
 import sys
 
-import torch
-
 import horovod.torch as hvd
+import torch
 
 # Horovod: join the job (Gloo rendezvous with the launcher).
 hvd.init()
