@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hvdtrain.doctor import Check
+from hvdtrain.doctor import Check, classify_interface
 
 if TYPE_CHECKING:
     from hvdtrain.hosts import HostList
@@ -107,7 +107,9 @@ def print_preflight(console: Console, report: dict) -> None:
     for r in report["hosts"]:
         f = r["facts"] or {}
         v = f.get("versions", {})
-        ifaces = ", ".join(sorted(f.get("interfaces", {}))) if f else ""
+        ifaces = ", ".join(
+            n if (kind := classify_interface(n, a)) == "physical" else f"{n} ({kind})"
+            for n, a in sorted(f.get("interfaces", {}).items()))
         ssh = "local" if r["local"] else ("[green]ok[/]" if r["reachable"] else "[red]unreachable[/]")
         problems = "\n".join(r["problems"]) or "[green]none[/]"
         table.add_row(escape(r["host"]), ssh, f.get("python", ""), v.get("torch") or "",

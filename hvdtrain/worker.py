@@ -6,7 +6,9 @@ The worker loads exactly the resolved recipe the CLI validated and wrote to ``DI
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -25,7 +27,15 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.run_dir, resume=args.resume)
     except UserError as exc:  # bad data directory etc.: the message is the whole story
         print(f"error: {exc.render()}", file=sys.stderr, flush=True)
-        return 2
+        code = 2
+    except BaseException:  # noqa: BLE001 - any crash: report it, then leave at once
+        traceback.print_exc()
+        code = 1
+    # Exit without Horovod's atexit shutdown: otherwise a peer may die of "Horovod has been shut
+    # down" first and horovodrun reports it (and drops this rank's traceback) instead of this rank.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ def test_preflight_names_an_unreachable_host_without_hanging(cluster) -> None:
                      "--ssh-identity-file", str(cluster.key), "--timeout", "10", timeout=60)
         assert table.returncode == 1 and "unreachable" in table.stdout
         assert "recommended: launch.network_interfaces=[hvd0]" in table.stdout
+        assert "hvd0, lo (loopback)" in table.stdout  # loopback flagged, never recommended
         run = in_a(cluster, "run", "digits-cnn", "--hostfile", str(cluster.hostfile()),
                    *ssh_settings(cluster), "--run-dir", "/tmp/never-created-hvdtrain", timeout=60)
         assert run.returncode == 2
