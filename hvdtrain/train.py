@@ -89,8 +89,9 @@ def prime_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 
 
 def grads_finite(params: list[torch.nn.Parameter]) -> bool:
-    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
-    return bool(torch.isfinite(torch.stack(norms)).all()) if norms else True
+    """One fused norm over every gradient: Inf or NaN anywhere makes it non-finite."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))) if grads else True
 
 
 def report_nonfinite(rank: int, epoch: int, step: int, global_step: int, loss: torch.Tensor,
