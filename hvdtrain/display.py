@@ -279,7 +279,8 @@ class LiveView(PlainView):
         elif kind == "epoch" and self.epoch_task is not None:
             self.progress.update(self.epoch_task, completed=e["epoch"],
                                  stats=f"eval acc {_fmt_acc(e['eval_acc'])}")
-            self.progress.reset(self.step_task, total=self.progress.tasks[1].total, stats="")
+            if e["epoch"] < e["epochs"]:  # keep the last epoch's full bar on screen
+                self.progress.reset(self.step_task, total=self.progress.tasks[1].total, stats="")
             super().event(e)
         else:
             super().event(e)
