@@ -30,6 +30,7 @@ from hvdtrain.train import (
     optimizer_hash,
     prime_optimizer_state,
     report_nonfinite,
+    restore_checkpoint,
     share_cores,
     state_hash,
     sync_buffers,
@@ -63,9 +64,7 @@ def run_elastic(recipe: Recipe, run_dir: Path, resume: bool, fault: faults.Fault
 
     state.register_reset_callbacks([on_reset])
     if resume and hvd.rank() == 0:
-        from hvdtrain.train import _restore
-
-        epoch, _ = _restore(run_dir / "checkpoints", model, optimizer)
+        epoch, _ = restore_checkpoint(run_dir / "checkpoints", model, optimizer)
         if epoch < 0:
             return 3
         # The first state.sync() inside hvd.elastic.run broadcasts all of this from rank 0.

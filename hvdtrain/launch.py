@@ -147,11 +147,6 @@ class _Interrupted(Exception):
         self.signum = signum
 
 
-def _progress_watchdog(plan: Plan) -> float | None:
-    seconds = plan.recipe.train.watchdog_seconds
-    return float(seconds) if seconds > 0 else None
-
-
 def launch(plan: Plan, resume: bool = False, as_json: bool = False) -> int:
     """Run horovodrun for ``plan``; returns the run's exit code. Draws progress while it runs.
 
@@ -177,7 +172,7 @@ def launch(plan: Plan, resume: bool = False, as_json: bool = False) -> int:
                                     "elastic": plan.recipe.elastic is not None})
     beats: dict[int, tuple[float, dict[str, Any]]] = {}
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
-    watchdog = _progress_watchdog(plan)
+    watchdog = float(plan.recipe.train.watchdog_seconds)  # 0: off
     notes: list[str] = []
     code = 1
 

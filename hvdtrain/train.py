@@ -192,7 +192,7 @@ def run(run_dir: Path, resume: bool) -> int:
     ckpt_dir = run_dir / "checkpoints"
     start_epoch, restored_from = 0, ""
     if rank == 0 and resume:
-        start_epoch, restored_from = _restore(ckpt_dir, model, optimizer)
+        start_epoch, restored_from = restore_checkpoint(ckpt_dir, model, optimizer)
     # Horovod: every rank must resume from rank 0's epoch (-1: rank 0 could not load a checkpoint).
     start_epoch = int(hvd.broadcast(torch.tensor(start_epoch), root_rank=0, name="start_epoch").item())
     if start_epoch < 0:
@@ -316,7 +316,7 @@ def run(run_dir: Path, resume: bool) -> int:
     return 0
 
 
-def _restore(ckpt_dir: Path, model: torch.nn.Module,
+def restore_checkpoint(ckpt_dir: Path, model: torch.nn.Module,
              optimizer: torch.optim.Optimizer) -> tuple[int, str]:
     """Rank 0: load the newest valid checkpoint; returns (completed epoch or -1 on failure, path)."""
     checkpoint.clean_stray_temp_files(ckpt_dir)
