@@ -24,3 +24,28 @@ def hvdtrain(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
 @pytest.fixture
 def run_cli():
     return hvdtrain
+
+
+def _job_processes() -> list[str]:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "hvdtrain.worker" in cmd or "bin/horovodrun" in cmd:
+            found.append(f"{p.pid}: {cmd[:160]}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_orphans(request):
+    """After every real run: no horovodrun or worker process is left behind."""
+    yield
+    if request.node.get_closest_marker("horovod") is None:
+        return
+    import time
+
+    deadline = time.monotonic() + 10
+    while _job_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _job_processes() == [], "processes outlived the test"
