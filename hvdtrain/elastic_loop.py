@@ -15,7 +15,7 @@ import horovod.torch as hvd
 import torch
 import torch.nn.functional as F
 
-from hvdtrain import checkpoint, events, faults
+from hvdtrain import events, faults
 from hvdtrain.data import load_dataset
 from hvdtrain.heartbeat import Heartbeat
 from hvdtrain.models import build_model
@@ -23,16 +23,17 @@ from hvdtrain.plan import steps_per_epoch
 from hvdtrain.recipe import Recipe, lr_config
 from hvdtrain.schedule import lr_at, peak_lr
 from hvdtrain.train import (
-    compression_report,
     distributed_optimizer,
+    emit_start,
     evaluate,
+    finish,
     grads_finite,
     optimizer_hash,
     prime_optimizer_state,
     report_nonfinite,
     restore_checkpoint,
+    save_checkpoint,
     share_cores,
-    state_hash,
     sync_buffers,
 )
 
@@ -92,15 +93,8 @@ def _train(state, recipe: Recipe, data, run_dir: Path, fault, beat: Heartbeat) -
             events.emit("resumed", epoch=state.epoch, path=str(run_dir / "checkpoints"),
                         optimizer_hashes=hashes)
     if hvd.rank() == 0 and state.batch == 0 and state.resets == 0:
-        events.emit("start", epochs=epochs, start_epoch=state.epoch,
-                    steps_per_epoch=steps_per_epoch(len(data.train_y), hvd.size(), recipe),
-                    world_size=hvd.size(), threads=torch.get_num_threads(),
-                    hosts=nodes,
-                    compression={"name": recipe.horovod.compression,
-                                 **compression_report(optimizer, model)}, op=recipe.horovod.op,
-                    base_lr=recipe.optimizer.base_lr, peak_lr=peak_lr(cfg, hvd.size()),
-                    params=sum(p.numel() for p in model.parameters()),
-                    train_samples=len(data.train_y), eval_samples=len(data.eval_y))
+        emit_start(recipe, data, model, optimizer, nodes, state.epoch,
+                   steps_per_epoch(len(data.train_y), hvd.size(), recipe))
     while state.epoch < epochs:
         epoch = state.epoch
         size, rank = hvd.size(), hvd.rank()
@@ -159,19 +153,9 @@ def _train(state, recipe: Recipe, data, run_dir: Path, fault, beat: Heartbeat) -
                         eval_acc=eval_acc, seconds=seconds,
                         images_per_s=total[2].item() / max(seconds, 1e-9), lr=lr,
                         global_step=state.global_step, world_size=size)
-            path = checkpoint.save(run_dir / "checkpoints", epoch + 1, {
-                "epoch": epoch + 1, "global_step": state.global_step, "world_size": size,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "recipe_model": recipe.model.model_dump(mode="json")},
-                keep=recipe.train.keep_checkpoints)
-            events.emit("checkpoint", epoch=epoch + 1, path=str(path))
+            save_checkpoint(run_dir, recipe, epoch + 1, state.global_step, model, optimizer)
         state.epoch, state.batch = epoch + 1, 0
         sampler.set_epoch(epoch + 1)
         state.commit()
-    hashes = hvd.allgather_object(state_hash(model))
-    if hvd.rank() == 0:
-        events.emit("done", epochs=epochs, eval_acc=eval_acc, eval_loss=eval_loss,
-                    param_hashes=hashes, replicas_identical=len(set(hashes)) == 1,
-                    steps_per_rank=[state.global_step] * hvd.size(), world_size=hvd.size(),
-                    resets=state.resets)
+    finish(recipe, model, state.global_step, eval_acc, eval_loss, resets=state.resets)
     return 0

@@ -3,7 +3,6 @@ run directory: resolved recipe, manifest, metrics, checkpoints, per-rank logs.""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import platform
@@ -19,19 +18,13 @@ import yaml
 from hvdtrain import __version__
 from hvdtrain.errors import UserError
 from hvdtrain.events import Line, parse_line
+from hvdtrain.horovod_build import installed_version
 from hvdtrain.plan import Plan, build_plan
 from hvdtrain.recipe import Recipe, load_recipe
 
 # Keys a checkpoint depends on: changing them between runs makes the saved state unusable.
 RESUME_BOUND = ("model", "data.dataset", "data.synthetic.image_shape", "data.synthetic.num_classes",
                 "optimizer.name")
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _git_commit() -> str | None:
@@ -82,9 +75,7 @@ def resume_plan(run_dir: str, recipe: str, overrides: list[str], np: int | None,
     if conflicts:
         raise UserError(f"cannot resume {run_dir}: the recipe changes what its checkpoints depend "
                         "on; use the original values or start a new run:", conflicts)
-    plan = build_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, run_dir=folder)
-    plan.argv.append("--resume")
-    return plan
+    return build_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, run_dir=folder, resume=True)
 
 
 class RankLogs:
@@ -124,8 +115,8 @@ def manifest(plan: Plan, started: float) -> dict[str, Any]:
         "np": plan.np,
         "hosts": [{"host": h.name, "slots": h.slots} for h in plan.hosts],
         "env": plan.env,
-        "versions": {"hvdtrain": __version__, "torch": _version("torch"),
-                     "horovod": _version("horovod"), "python": platform.python_version()},
+        "versions": {"hvdtrain": __version__, "torch": installed_version("torch"),
+                     "horovod": installed_version("horovod"), "python": platform.python_version()},
         "git_commit": _git_commit(),
         "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "end_time": None,

@@ -138,9 +138,10 @@ def build_argv(recipe: Recipe, hosts: list[Host], np: int, worker: list[str], *,
     return argv + list(worker)
 
 
-def worker_command(run_dir: Path, python: str | None = None) -> list[str]:
+def worker_command(run_dir: Path, python: str | None = None, resume: bool = False) -> list[str]:
     """What each rank runs. The interpreter path must exist on every host (horovodrun's rule)."""
-    return [python or sys.executable, "-m", "hvdtrain.worker", "--run-dir", str(run_dir)]
+    argv = [python or sys.executable, "-m", "hvdtrain.worker", "--run-dir", str(run_dir)]
+    return argv + ["--resume"] if resume else argv
 
 
 def default_horovodrun() -> str:
@@ -167,7 +168,7 @@ def resolve_hosts(recipe: Recipe, np: int | None, hosts: str | None,
 
 def build_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None = None,
                hostfile: str | None = None, run_dir: Path, python: str | None = None,
-               horovodrun: str | None = None) -> Plan:
+               horovodrun: str | None = None, resume: bool = False) -> Plan:
     recipe = loaded.recipe
     if np is not None and np < 1:
         raise UserError(f"--np must be at least 1, got {np}")
@@ -193,7 +194,7 @@ def build_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None
             points.append((label, step, lr_at(step, spe, world, cfg)))
     points.sort(key=lambda p: p[1])
     env = dict(recipe.launch.env)
-    argv = build_argv(recipe, assigned, world, worker_command(run_dir, python),
+    argv = build_argv(recipe, assigned, world, worker_command(run_dir, python, resume),
                       horovodrun=horovodrun or default_horovodrun())
     return Plan(
         recipe_name=loaded.name, recipe=recipe, np=world, host_source=host_list.source,

@@ -175,7 +175,7 @@ def run(run_dir: Path, resume: bool) -> int:
         return run_elastic(recipe, run_dir, resume, fault, beat)
     # Horovod: join the job; with Gloo this is the rendezvous with every other rank.
     hvd.init()
-    # Horovod: rank/size place this process in the job, local_size counts ranks sharing this host.
+    # Horovod: rank and size place this process in the job.
     rank, size = hvd.rank(), hvd.size()
     nodes = share_cores()
     torch.manual_seed(recipe.train.seed + rank)  # dropout etc.; weights come from rank 0 below
@@ -186,7 +186,6 @@ def run(run_dir: Path, resume: bool) -> int:
     if faults.trigger(fault, "model_shape", rank):
         model_cfg = model_cfg.model_copy(update={"width": model_cfg.width + 1})
     model = build_model(model_cfg, data.input_shape, data.num_classes)
-    hv = recipe.horovod
     optimizer = distributed_optimizer(model, recipe)
 
     ckpt_dir = run_dir / "checkpoints"
@@ -213,13 +212,7 @@ def run(run_dir: Path, resume: bool) -> int:
     epochs, batch = recipe.train.epochs, recipe.data.batch_size
     images_per_step = batch * k * size
     if rank == 0:
-        events.emit("start", epochs=epochs, start_epoch=start_epoch, steps_per_epoch=spe,
-                    world_size=size, threads=torch.get_num_threads(),
-                    hosts=nodes,
-                    compression={"name": hv.compression, **compression_report(optimizer, model)},
-                    op=hv.op, base_lr=recipe.optimizer.base_lr, peak_lr=peak_lr(cfg, size),
-                    params=sum(p.numel() for p in model.parameters()),
-                    train_samples=len(data.train_y), eval_samples=len(data.eval_y))
+        emit_start(recipe, data, model, optimizer, nodes, start_epoch, spe)
     global_step = start_epoch * spe
     eval_loss = eval_acc = float("nan")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -296,24 +289,52 @@ def run(run_dir: Path, resume: bool) -> int:
                         images_per_s=spe * images_per_step / max(seconds, 1e-9), lr=lr,
                         global_step=global_step)
             if (epoch + 1) % recipe.train.checkpoint_every == 0 or last:
-                path = checkpoint.save(ckpt_dir, epoch + 1, {
-                    "epoch": epoch + 1, "global_step": global_step, "world_size": size,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "recipe_model": recipe.model.model_dump(mode="json"),
-                }, keep=recipe.train.keep_checkpoints, before_replace=lambda e=epoch + 1:
-                    faults.trigger(fault, "kill_in_checkpoint", rank, e))
-                events.emit("checkpoint", epoch=epoch + 1, path=str(path))
+                save_checkpoint(run_dir, recipe, epoch + 1, global_step, model, optimizer,
+                                before_replace=lambda e=epoch + 1:
+                                faults.trigger(fault, "kill_in_checkpoint", rank, e))
     beat.at("finish", epochs, spe)
+    finish(recipe, model, global_step, eval_acc, eval_loss)
+    return 0
+
+
+def emit_start(recipe: Recipe, data: Dataset, model: torch.nn.Module,
+               optimizer: torch.optim.Optimizer, hosts: list[str], start_epoch: int,
+               spe: int) -> None:
+    """Rank 0's ``start`` event: what is about to run, and what goes on the wire."""
+    hv, size = recipe.horovod, hvd.size()
+    events.emit("start", epochs=recipe.train.epochs, start_epoch=start_epoch, steps_per_epoch=spe,
+                world_size=size, threads=torch.get_num_threads(), hosts=hosts,
+                compression={"name": hv.compression, **compression_report(optimizer, model)},
+                op=hv.op, base_lr=recipe.optimizer.base_lr,
+                peak_lr=peak_lr(lr_config(recipe), size),
+                params=sum(p.numel() for p in model.parameters()),
+                train_samples=len(data.train_y), eval_samples=len(data.eval_y))
+
+
+def save_checkpoint(run_dir: Path, recipe: Recipe, epoch: int, global_step: int,
+                    model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    before_replace=None) -> None:
+    """Rank 0: the durable checkpoint after ``epoch`` completed epochs, then its event."""
+    path = checkpoint.save(run_dir / "checkpoints", epoch, {
+        "epoch": epoch, "global_step": global_step, "world_size": hvd.size(),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "recipe_model": recipe.model.model_dump(mode="json"),
+    }, keep=recipe.train.keep_checkpoints, before_replace=before_replace)
+    events.emit("checkpoint", epoch=epoch, path=str(path))
+
+
+def finish(recipe: Recipe, model: torch.nn.Module, global_step: int, eval_acc: float,
+           eval_loss: float, **extra: object) -> None:
+    """Every rank: prove the replicas agree and ran the same steps; rank 0 reports ``done``."""
     sync_buffers(model)
     # Horovod: gather every rank's model hash to prove the replicas never diverged.
     hashes = hvd.allgather_object(state_hash(model))
     # Horovod: and every rank's step count, to show they all ran the same number of steps.
     steps = hvd.allgather_object(global_step)
-    if rank == 0:
-        events.emit("done", epochs=epochs, eval_acc=eval_acc, eval_loss=eval_loss,
+    if hvd.rank() == 0:
+        events.emit("done", epochs=recipe.train.epochs, eval_acc=eval_acc, eval_loss=eval_loss,
                     param_hashes=hashes, replicas_identical=len(set(hashes)) == 1,
-                    steps_per_rank=steps)
-    return 0
+                    steps_per_rank=steps, world_size=hvd.size(), **extra)
 
 
 def restore_checkpoint(ckpt_dir: Path, model: torch.nn.Module,
