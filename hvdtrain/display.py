@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -178,8 +180,6 @@ class PlainView:
     """Plain log lines, no control codes: for CI logs and pipes."""
 
     def __init__(self, plan: Plan, out=None) -> None:
-        import sys
-
         self.plan, self.out = plan, out or sys.stdout
         self.epochs: list[dict] = []
         self.done: dict | None = None
@@ -311,25 +311,17 @@ class JsonView:
         self.plan = plan
 
     def begin(self) -> None:
-        import json
-
         print(json.dumps({"event": "plan", "argv": self.plan.argv, "run_dir": str(self.plan.run_dir),
                           "np": self.plan.np}), flush=True)
 
     def event(self, e: dict) -> None:
-        import json
-
         print(json.dumps(e), flush=True)
 
     def output(self, line) -> None:
-        import sys
-
         who = "horovodrun" if line.rank is None else f"rank {line.rank}"
         print(f"[{who}] {line.text}", file=sys.stderr, flush=True)
 
     def end(self, code: int, failure: list[str] | None = None) -> None:
-        import json
-
         print(json.dumps({"event": "exit", "code": code, "run_dir": str(self.plan.run_dir),
                           "failure": failure or []}), flush=True)
 
