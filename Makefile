@@ -11,11 +11,11 @@ STAMP  := $(VENV)/.hvdtrain-installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml hvdtrain/__init__.py hvdtrain/horovod_build.py hvdtrain/patches/*.patch
+$(STAMP): pyproject.toml hvdtrain/__init__.py hvdtrain/setup/horovod_build.py hvdtrain/patches/*.patch
 	@echo "[hvdtrain install] creating $(VENV) and installing torch $(TORCH_VERSION), Horovod, hvdtrain"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check "torch==$(TORCH_VERSION)"
-	@$(PY) -m hvdtrain.horovod_build
+	@$(PY) -m hvdtrain.setup.horovod_build
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	@$(MAKE) --no-print-directory test-hosts-deps
 	@touch $(STAMP)

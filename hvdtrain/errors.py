@@ -12,6 +12,9 @@ class UserError(Exception):
         super().__init__(message)
         self.problems = problems or []
 
+    def lines(self) -> list[str]:
+        """The message, then each problem (for ``--json`` output)."""
+        return [str(self), *self.problems]
+
     def render(self) -> str:
-        lines = [str(self)] + [f"  {p}" for p in self.problems]
-        return "\n".join(lines)
+        return "\n".join([str(self)] + [f"  {p}" for p in self.problems])

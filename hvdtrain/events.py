@@ -5,7 +5,8 @@ Under horovodrun a worker's stdout is a pipe whose lines the launcher prefixes (
 Rank 0 emits events; the hvdtrain process parses horovodrun's output and draws.
 
 Event kinds (``event`` field): start, resumed, step, epoch, checkpoint, warning, error, done
-(from rank 0), and beat (from every rank, see heartbeat.py).
+(from rank 0), and beat (from every rank, every ``BEAT_INTERVAL`` seconds: see worker/heartbeat.py).
+A worker's exit code is one of ``WorkerExit``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,23 @@ import math
 import re
 import sys
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 MARKER = "@@hvdtrain@@ "
 PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")
 KINDS = ("start", "resumed", "step", "epoch", "checkpoint", "warning", "error", "done", "beat")
+BEAT_INTERVAL = 2.0  # seconds between a rank's heartbeats; the launcher's stall report reads it
+
+
+class WorkerExit(IntEnum):
+    """How a worker process ends (its exit code, as horovodrun reports it)."""
+
+    OK = 0
+    CRASHED = 1  # an unexpected exception: the traceback is in the rank's stderr
+    BAD_INPUT = 2  # a user-fixable error (e.g. a bad data directory): the message says what
+    NO_CHECKPOINT = 3  # --resume, but rank 0 found checkpoints and none of them loads
+    NONFINITE = 4  # Inf/NaN gradients with train.on_nonfinite=stop: every rank stops at that step
 
 
 def _clean(value: Any) -> Any:

@@ -57,8 +57,15 @@ class DataConfig(_Section):
     data_dir: str | None = None
     batch_size: PosInt = 32
     eval_batch_size: PosInt = 256
-    loader_workers: NonNegInt = 0
     synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, values: object) -> object:
+        if isinstance(values, dict) and "loader_workers" in values:
+            raise ValueError("loader_workers is no longer a key (it never had an effect: data sets "
+                             "are held in memory and no loader processes run): delete it")
+        return values
 
     @model_validator(mode="after")
     def _needs_dir(self) -> DataConfig:
@@ -210,6 +217,11 @@ class Recipe(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Recipe:
+        """The inverse of ``to_yaml`` (a resolved recipe, as saved in a run directory)."""
+        return cls.model_validate(yaml.safe_load(text))
 
 
 # ---------------------------------------------------------------------------------------------

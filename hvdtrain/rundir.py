@@ -1,14 +1,102 @@
-"""Run directories: where a run's recipe, manifest, metrics, checkpoints and logs live."""
+"""The run directory: the one module that knows its layout. Both sides use it: the launcher creates
+the directory and keeps the manifest, metrics and logs; rank 0 writes checkpoints into it.
+
+    <run dir>/recipe.yaml                 the resolved recipe the workers load
+    <run dir>/manifest.json               argv, hosts, versions, times, exit status, failure
+    <run dir>/metrics.jsonl               one record per step window and per epoch
+    <run dir>/checkpoints/epoch-NNNN.pt   rank 0's checkpoints (temp files: .tmp-*)
+    <run dir>/logs/rank.N/stdout|stderr   every rank's output
+    <run dir>/logs/horovodrun.log         horovodrun's own lines
+
+Standard library, PyYAML and the recipe schema only: no torch.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hvdtrain.recipe import LoadedRecipe
+from hvdtrain.recipe import LoadedRecipe, Recipe
+
+CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
+CHECKPOINT_TMP_PREFIX = ".tmp-"  # a write in progress (or killed): never a valid checkpoint
 
 
 def default_run_dir(loaded: LoadedRecipe, now: float | None = None) -> Path:
     """``<launch.output_dir>/<recipe>-<YYYYmmdd-HHMMSS>``, absolute (workers may cd elsewhere)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     return (Path(loaded.recipe.launch.output_dir) / f"{loaded.name}-{stamp}").resolve()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temp file and ``os.replace``: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def checkpoint_path(folder: Path, epoch: int) -> Path:
+    return folder / f"epoch-{epoch:04d}.pt"
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) for every checkpoint file in ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name))]
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory, and reading/writing its recipe and manifest."""
+
+    path: Path
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def rank_log(self, rank: int | None, stream: str) -> Path:
+        """``logs/rank.N/<stream>``; rank None is horovodrun itself (``logs/horovodrun.log``)."""
+        return self.logs / "horovodrun.log" if rank is None else self.logs / f"rank.{rank}" / stream
+
+    def list_checkpoints(self) -> list[tuple[int, Path]]:
+        return list_checkpoints(self.checkpoints)
+
+    def write_recipe(self, recipe: Recipe) -> None:
+        self.recipe_file.write_text(recipe.to_yaml())
+
+    def read_recipe(self) -> Recipe:
+        """The recipe saved in this run directory (raises pydantic/YAML errors if edited badly)."""
+        return Recipe.from_yaml(self.recipe_file.read_text())
+
+    def write_manifest(self, info: dict[str, Any]) -> None:
+        write_json_atomic(self.manifest_file, info)
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.manifest_file.read_text())
+        except (OSError, ValueError):
+            return None

@@ -1,4 +1,5 @@
-"""The learning-rate schedule: a small pure function (no torch), shared by the plan and the loop.
+"""The learning-rate schedule and the epoch length: small pure functions (no torch), shared by the
+plan (launcher) and the loop (worker).
 
 Linear scaling rule with gradual warmup (Goyal et al. 2017), exactly as Horovod's
 ``examples/pytorch/pytorch_imagenet_resnet50.py`` adjusts it per batch::
@@ -14,7 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from hvdtrain.errors import UserError
+
+if TYPE_CHECKING:
+    from hvdtrain.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -61,3 +67,21 @@ def lr_at(step: int, steps_per_epoch: int, world_size: int, cfg: LRConfig) -> fl
 def warmup_steps(cfg: LRConfig, steps_per_epoch: int) -> int:
     """Batches until the LR reaches its peak (the peak is used from step ``warmup_steps - 1`` on)."""
     return math.ceil(cfg.warmup_epochs * steps_per_epoch)
+
+
+def steps_per_epoch(train_samples: int, np: int, recipe: Recipe) -> int:
+    """Optimizer steps per epoch, equal on every rank: each rank gets floor(N / np) samples and
+    drops the last partial step (a step is backward_passes_per_step batches), capped by
+    ``train.max_steps_per_epoch``."""
+    per_rank = train_samples // np
+    passes = recipe.horovod.backward_passes_per_step
+    steps = per_rank // (recipe.data.batch_size * passes)
+    if steps == 0:
+        per_step = f"data.batch_size={recipe.data.batch_size}" + (
+            f" x horovod.backward_passes_per_step={passes}" if passes > 1 else "")
+        raise UserError(
+            f"{per_step} is larger than each worker's share of the "
+            f"{train_samples} training samples ({per_rank} with np={np}): "
+            "lower data.batch_size or the number of processes")
+    cap = recipe.train.max_steps_per_epoch
+    return min(steps, cap) if cap else steps

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hvdtrain import checkpoint
+from hvdtrain.worker import checkpoint
 
 
 def state(epoch: int) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hvdtrain.data import (
+from hvdtrain.worker.data import (
     CIFAR_EVAL,
     CIFAR_TRAIN,
     MNIST_FILES,
@@ -21,9 +21,9 @@ from hvdtrain.data import (
     load_dataset,
     load_digits_split,
     load_mnist,
-    shard_batches,
+    step_batches,
 )
-from hvdtrain.plan import DATASET_SIZES
+from hvdtrain.launcher.plan import DATASET_SIZES
 from hvdtrain.recipe import DataConfig
 
 
@@ -115,17 +115,44 @@ def test_digits_split_matches_the_plan_constants() -> None:
     assert torch.equal(ds.eval_y, load_digits_split().eval_y)  # fixed split
 
 
-def test_shards_are_disjoint_equal_length_and_cover_the_even_part() -> None:
+def rank_shares(monkeypatch, n: int, size: int, seed: int, epoch: int,
+                processed: int = 0) -> list[list[int]]:
+    """Each rank's share of an epoch from Horovod's ElasticSampler (the loop's one data order),
+    with the world size faked: ``horovod.torch.elastic.sampler`` reads rank() and size()."""
+    from horovod.torch.elastic import sampler as hvd_sampler
+
+    monkeypatch.setattr(hvd_sampler, "size", lambda: size)
+    shares = []
+    for r in range(size):
+        monkeypatch.setattr(hvd_sampler, "rank", lambda r=r: r)
+        s = hvd_sampler.ElasticSampler(range(n), shuffle=True, seed=seed)
+        s.processed_num = processed
+        s.set_epoch(epoch) if not processed else s.reset()
+        shares.append(list(s))
+    return shares
+
+
+def test_rank_batches_are_disjoint_equal_in_number_and_reshuffled(monkeypatch) -> None:
     n, batch, size = 103, 8, 3  # 103 does not divide by 3 x 8
     steps = (n // size) // batch
-    shards = [list(shard_batches(n, batch, steps, r, size, seed=7, epoch=2)) for r in range(size)]
-    assert [len(s) for s in shards] == [steps] * size  # same number of batches on every rank
-    flat = [int(i) for s in shards for b in s for i in b]
-    assert len(flat) == len(set(flat)) == steps * batch * size
-    again = [list(shard_batches(n, batch, steps, 0, size, seed=7, epoch=2))]
-    assert all(torch.equal(a, b) for a, b in zip(again[0], shards[0]))
-    other = list(shard_batches(n, batch, steps, 0, size, seed=7, epoch=3))
-    assert not all(torch.equal(a, b) for a, b in zip(other, shards[0]))  # reshuffled per epoch
+    shares = rank_shares(monkeypatch, n, size, seed=7, epoch=2)
+    batches = [list(step_batches(share, 0, steps, batch)) for share in shares]
+    assert [[s for s, _ in b] for b in batches] == [list(range(steps))] * size
+    flat = [int(i) for b in batches for _, idx in b for i in idx]
+    assert len(flat) == len(set(flat)) == steps * batch * size  # disjoint across ranks
+    assert rank_shares(monkeypatch, n, size, seed=7, epoch=2) == shares  # same seed: same order
+    assert rank_shares(monkeypatch, n, size, seed=7, epoch=3) != shares  # reshuffled per epoch
+
+
+def test_after_a_reset_only_unprocessed_samples_are_reshared(monkeypatch) -> None:
+    n, batch, done_steps = 96, 4, 3
+    before = rank_shares(monkeypatch, n, 3, seed=1, epoch=0)
+    seen = {i for share in before for i in share[:done_steps * batch]}
+    after = rank_shares(monkeypatch, n, 2, seed=1, epoch=0, processed=done_steps * batch * 3)
+    rest = [i for share in after for i in share]
+    assert len(rest) == n - len(seen) and not seen & set(rest)
+    first = next(step_batches(after[0], done_steps, 1, batch))
+    assert first[0] == done_steps and first[1].tolist() == after[0][:batch]
 
 
 def test_eval_shards_cover_every_sample_once() -> None:

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from hvdtrain.doctor import Check, Facts, Interface, check, classify_interface, healthy
+from hvdtrain.machine import classify_interface
+from hvdtrain.setup.doctor import Check, Facts, Interface, check, healthy
 
 
 def healthy_facts(**changes) -> Facts:
@@ -44,14 +45,14 @@ def test_missing_horovod_is_an_error_with_the_install_command() -> None:
     c = by_name(checks, "horovod")
     assert c.level == "error"
     assert c.detail == "not importable: ModuleNotFoundError: No module named 'horovod'"
-    assert c.fix == "make install  (or: /venv/bin/python -m hvdtrain.horovod_build)"
+    assert c.fix == "make install  (or: /venv/bin/python -m hvdtrain.setup.horovod_build)"
 
 
 def test_torch_mismatch_gives_the_exact_rebuild_command() -> None:
     checks = check(healthy_facts(torch_version="2.14.1", horovod_built_torch="2.13.0+cpu"))
     c = by_name(checks, "horovod built for torch")
     assert (c.level, c.detail) == ("error", "built against torch 2.13.0+cpu, installed torch is 2.14.1")
-    assert c.fix == "rebuild Horovod for this torch: /venv/bin/python -m hvdtrain.horovod_build --force"
+    assert c.fix == "rebuild Horovod for this torch: /venv/bin/python -m hvdtrain.setup.horovod_build --force"
     assert not healthy(checks)
 
 
@@ -60,7 +61,7 @@ def test_gloo_absent_is_an_error() -> None:
     c = by_name(checks, "horovod controllers")
     assert (c.level, c.detail) == ("error", "built with: mpi")
     assert c.fix == ("Horovod was built without Gloo; rebuild: "
-                     "/venv/bin/python -m hvdtrain.horovod_build --force")
+                     "/venv/bin/python -m hvdtrain.setup.horovod_build --force")
     assert not healthy(checks)
 
 

@@ -10,9 +10,9 @@ import pytest
 from conftest import ROOT
 from rich.console import Console
 
-from hvdtrain.display import LiveView, PlainView
+from hvdtrain.launcher.display import LiveView, PlainView
 from hvdtrain.events import MARKER, encode, parse_line
-from hvdtrain.plan import build_plan
+from hvdtrain.launcher.plan import build_plan
 from hvdtrain.recipe import load_recipe
 
 RECORDED = (ROOT / "tests" / "data" / "recorded_digits_np2.txt").read_text().splitlines(True)
@@ -97,7 +97,7 @@ def test_live_view_draws_bars_and_the_summary_table(tmp_path: Path) -> None:
 
 
 def test_run_json_view_is_json_lines(tmp_path: Path) -> None:
-    from hvdtrain.display import JsonView
+    from hvdtrain.launcher.display import JsonView
 
     out = io.StringIO()
     import contextlib

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hvdtrain.events import parse_line
-from hvdtrain.failure import Diagnosis, TracebackFolder, describe_exit, stall_report
+from hvdtrain.launcher.failure import Diagnosis, TracebackFolder, describe_exit, stall_report
 
 # Recorded from a real run where rank 1 raised and horovodrun happened to report rank 0 first.
 RACE = """\

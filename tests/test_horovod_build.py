@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from hvdtrain.horovod_build import (
+from hvdtrain.setup.horovod_build import (
     PATCH,
     BuildConfig,
     detect_config,
@@ -50,7 +50,7 @@ def test_installed_horovod_matches_this_environment() -> None:
 
 
 def test_rerun_is_a_no_op_when_installed() -> None:
-    proc = subprocess.run([sys.executable, "-m", "hvdtrain.horovod_build"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "hvdtrain.setup.horovod_build"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "already installed, built against torch" in proc.stdout

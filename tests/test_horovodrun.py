@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import BIN, ROOT
+
+pytestmark = pytest.mark.horovod
 
 
 def test_horovodrun_np2_gloo_allreduce_sums_on_every_rank() -> None:

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 from hvdtrain.errors import UserError
-from hvdtrain.hosts import Host, HostList, assign, parse_hostfile, parse_hosts_arg
+from hvdtrain.launcher.hosts import Host, HostList, assign, parse_hostfile, parse_hosts_arg
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "hf") -> Path:

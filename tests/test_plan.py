@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hvdtrain.errors import UserError
-from hvdtrain.hosts import Host
-from hvdtrain.plan import build_argv, build_plan, placement
+from hvdtrain.launcher.hosts import Host
+from hvdtrain.launcher.plan import build_argv, build_plan, placement
 from hvdtrain.recipe import Recipe, load_recipe
 
 WORKER = ["/py", "-m", "hvdtrain.worker", "--run-dir", "/runs/x"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from hvdtrain.preflight import HostReport, check_hosts, judge, ssh_argv
+from hvdtrain.launcher.preflight import HostReport, check_hosts, judge, ssh_argv
 
 ME = {"python": "3.11.7", "versions": {"torch": "2.13.0+cpu", "horovod": "0.28.1",
                                        "hvdtrain": "0.1.0"}}

@@ -98,7 +98,7 @@ def test_compression_none_runs(tmp_path: Path, run_cli) -> None:
 
 def test_resume_continues_at_the_next_epoch_with_restored_optimizer_state(tmp_path: Path,
                                                                          run_cli) -> None:
-    from hvdtrain.train import tensors_hash
+    from hvdtrain.worker.optim import tensors_hash
 
     run_dir = tmp_path / "run"
     first = run_cli("run", "digits-cnn", "train.epochs=1", "--run-dir", str(run_dir), timeout=300)

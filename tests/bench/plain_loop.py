@@ -4,16 +4,17 @@ batch size, batch order and thread count as hvdtrain's loop at np=1. Prints imag
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from hvdtrain.data import load_dataset, shard_batches
-from hvdtrain.models import build_model
-from hvdtrain.plan import steps_per_epoch
 from hvdtrain.recipe import load_recipe
+from hvdtrain.schedule import steps_per_epoch
+from hvdtrain.worker.data import load_dataset, step_batches
+from hvdtrain.worker.models import build_model
 
 
 def main(recipe_name: str, threads: int, *overrides: str) -> None:
@@ -30,7 +31,9 @@ def main(recipe_name: str, threads: int, *overrides: str) -> None:
     for epoch in range(recipe.train.epochs):
         model.train()
         t0 = time.perf_counter()
-        for idx in shard_batches(len(data.train_y), batch, spe, 0, 1, recipe.train.seed, epoch):
+        order = list(range(len(data.train_y)))  # Horovod's ElasticSampler order at np=1
+        random.Random(recipe.train.seed + epoch).shuffle(order)
+        for _, idx in step_batches(order, 0, spe, batch):
             opt.zero_grad()
             out = model(data.train_x[idx])
             loss = F.cross_entropy(out, data.train_y[idx])

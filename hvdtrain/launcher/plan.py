@@ -1,5 +1,6 @@
-"""The launch plan: derived numbers and the exact horovodrun argv. Pure: no I/O beyond reading the
-hostfile, no torch, no horovod. ``build_argv`` returns a list and is unit-tested list-for-list.
+"""The launch plan: derived numbers and the exact horovodrun argv, for a new run or for continuing
+one (``--resume``). No I/O beyond reading the hostfile and a resumed run's saved recipe; no torch,
+no horovod. ``build_argv`` is pure, returns a list and is unit-tested list-for-list.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hvdtrain.errors import UserError
-from hvdtrain.hosts import Host, HostList, assign, parse_hostfile, parse_hosts_arg
-from hvdtrain.recipe import LoadedRecipe, Recipe, lr_config
-from hvdtrain.schedule import lr_at, peak_lr, warmup_steps
+from hvdtrain.launcher.hosts import Host, HostList, assign, parse_hostfile, parse_hosts_arg
+from hvdtrain.recipe import LoadedRecipe, Recipe, load_recipe, lr_config
+from hvdtrain.rundir import RunDir, default_run_dir
+from hvdtrain.schedule import lr_at, peak_lr, steps_per_epoch, warmup_steps
 
 # Training-split sizes, for the plan's steps per epoch. digits: scikit-learn's 1797 images with a
 # fixed stratified 80/20 split (data.py asserts the same numbers); mnist/cifar10: the standard files.
@@ -47,6 +49,7 @@ class Plan:
     env: dict[str, str]
     argv: list[str]
     run_dir: Path
+    resume: bool = False
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -55,27 +58,65 @@ class Plan:
         return shlex.join(self.argv)
 
 
+# Keys a checkpoint depends on: changing them between runs makes the saved state unusable.
+RESUME_BOUND = ("model", "data.dataset", "data.synthetic.image_shape", "data.synthetic.num_classes",
+                "optimizer.name")
+
+
+def plan_run(recipe: str, overrides: list[str] | None = None, *, np: int | None = None,
+             hosts: str | None = None, hostfile: str | None = None, run_dir: str | None = None,
+             resume: str | None = None) -> Plan:
+    """What `hvdtrain plan` / `hvdtrain run` would launch: a new run in ``run_dir`` (default
+    ``<launch.output_dir>/<recipe>-<timestamp>``), or the continuation of the run in ``resume``."""
+    loaded = load_recipe(recipe, overrides or [])
+    if resume:
+        folder = Path(resume).resolve()
+        check_resumable(RunDir(folder), loaded.recipe, resume)
+        if run_dir and Path(run_dir).resolve() != folder:
+            raise UserError(f"--run-dir {run_dir} and --resume {resume} name different directories: "
+                            "--resume continues the run in its own directory; drop --run-dir")
+    else:
+        folder = Path(run_dir).resolve() if run_dir else default_run_dir(loaded)
+    return build_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, run_dir=folder,
+                      resume=bool(resume))
+
+
+def check_resumable(folder: RunDir, recipe: Recipe, given: str) -> None:
+    """Refuse to continue ``folder`` with a recipe whose changes its checkpoints cannot take."""
+    if not folder.recipe_file.is_file():
+        raise UserError(f"cannot resume {given}: no recipe.yaml there (is it an hvdtrain run "
+                        "directory?)")
+    saved = load_recipe(str(folder.recipe_file)).recipe  # an edited one gets file:line errors
+    conflicts = resume_conflicts(saved, recipe)
+    if conflicts:
+        raise UserError(f"cannot resume {given}: the recipe changes what its checkpoints depend "
+                        "on; use the original values or start a new run:", conflicts)
+
+
+def _flatten(data: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(data, dict):
+        out: dict[str, object] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def resume_conflicts(saved: Recipe, new: Recipe) -> list[str]:
+    """Dotted keys (with old -> new values) that differ where the checkpoint depends on them."""
+    a, b = _flatten(saved.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == bound or key.startswith(bound + ".") for bound in RESUME_BOUND) \
+                and a.get(key) != b.get(key):
+            out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return out
+
+
 def dataset_sizes(recipe: Recipe) -> tuple[int, int]:
     if recipe.data.dataset == "synthetic":
         return recipe.data.synthetic.train_samples, recipe.data.synthetic.eval_samples
     return DATASET_SIZES[recipe.data.dataset]
-
-
-def steps_per_epoch(train_samples: int, np: int, recipe: Recipe) -> int:
-    """Optimizer steps per epoch, equal on every rank: each rank gets floor(N / np) samples and
-    drops the last partial step (a step is backward_passes_per_step batches)."""
-    per_rank = train_samples // np
-    passes = recipe.horovod.backward_passes_per_step
-    steps = per_rank // (recipe.data.batch_size * passes)
-    if steps == 0:
-        per_step = f"data.batch_size={recipe.data.batch_size}" + (
-            f" x horovod.backward_passes_per_step={passes}" if passes > 1 else "")
-        raise UserError(
-            f"{per_step} is larger than each worker's share of the "
-            f"{train_samples} training samples ({per_rank} with np={np}): "
-            "lower data.batch_size or the number of processes")
-    cap = recipe.train.max_steps_per_epoch
-    return min(steps, cap) if cap else steps
 
 
 def placement(hosts: list[Host]) -> list[Placement]:
@@ -202,7 +243,7 @@ def build_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None
         batch_size=recipe.data.batch_size,
         global_batch=recipe.data.batch_size * world * recipe.horovod.backward_passes_per_step,
         steps_per_epoch=spe, base_lr=recipe.optimizer.base_lr, peak_lr=peak_lr(cfg, world),
-        warmup_steps=warm, lr_points=points, env=env, argv=argv, run_dir=run_dir,
+        warmup_steps=warm, lr_points=points, env=env, argv=argv, run_dir=run_dir, resume=resume,
         warnings=list(host_list.warnings))
 
 
@@ -230,6 +271,7 @@ def plan_dict(plan: Plan) -> dict:
         "argv": plan.argv,
         "command": plan.command,
         "run_dir": str(plan.run_dir),
+        "resume": plan.resume,
         "warnings": plan.warnings,
         "recipe_resolved": plan.recipe.model_dump(mode="json"),
     }

@@ -10,11 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hvdtrain.doctor import Check, classify_interface
+from hvdtrain.machine import classify_interface
 
 if TYPE_CHECKING:
-    from hvdtrain.hosts import HostList
-    from hvdtrain.plan import Plan
+    from hvdtrain.launcher.hosts import HostList
+    from hvdtrain.launcher.plan import Plan
+    from hvdtrain.setup.doctor import Check
 
 _LEVEL_STYLE = {"ok": "[green]ok[/]", "info": "[blue]info[/]", "warn": "[yellow]warn[/]",
                 "error": "[bold red]error[/]"}
@@ -37,6 +38,32 @@ def print_doctor(console: Console, checks: list[Check], ok: bool) -> None:
         console.print("[green]This machine can run hvdtrain.[/]")
     else:
         console.print("[bold red]This machine cannot run hvdtrain yet[/]: fix the errors above.")
+
+
+def recipes_table(rows: list[dict]) -> Table:
+    table = Table(title="shipped recipes (run one: hvdtrain run NAME)")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    for row in rows:
+        table.add_row(row["name"], escape(row["description"]))
+    return table
+
+
+def print_validation(results: list[dict]) -> None:
+    """`hvdtrain validate`: OK lines (with warnings) on stdout, ERROR blocks on stderr."""
+    for r in results:
+        if r["ok"]:
+            print(f"OK     {r['source']}", flush=True)
+            for w in r["warnings"]:
+                print(f"       warning: {w}", flush=True)
+        else:
+            print(f"ERROR  {r['source']}", file=sys.stderr)
+            print("\n".join(f"       {e}" for e in r["errors"]), file=sys.stderr, flush=True)
+
+
+def print_hosts(console: Console, hosts: HostList) -> None:
+    console.print(hosts_table(hosts))
+    print_warnings(console, hosts.warnings)
 
 
 def hosts_table(hosts: HostList) -> Table:
@@ -130,11 +157,12 @@ def print_preflight(console: Console, report: dict) -> None:
 # --- live run views: rich when stdout is a terminal, plain lines otherwise, JSON for --json ----
 
 def _fmt_acc(x: object) -> str:
-    return f"{x * 100:.2f}%" if isinstance(x, (int, float)) else str(x)
+    """A fraction as a percentage; "-" for a value not measured (an epoch without evaluation)."""
+    return "-" if x is None else f"{x * 100:.2f}%" if isinstance(x, (int, float)) else str(x)
 
 
 def _fmt(x: object, spec: str = ".4f") -> str:
-    return format(x, spec) if isinstance(x, (int, float)) else str(x)
+    return "-" if x is None else format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
 def header_lines(plan: Plan) -> list[str]:

@@ -8,14 +8,13 @@ Gloo (plus MPI when an MPI compiler is on PATH, NCCL when torch has CUDA). The w
 outside the repo under a key of everything that changes the binary, so a re-install takes seconds.
 
 Standard library only: it runs before hvdtrain itself is installed, as
-``python -m hvdtrain.horovod_build`` from the repository root, with the target environment's python.
+``python -m hvdtrain.setup.horovod_build`` from the repository root, with the target environment's python.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -30,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hvdtrain import HOROVOD_VERSION
+from hvdtrain.machine import installed_version
 
-PATCH = Path(__file__).parent / "patches" / f"horovod-{HOROVOD_VERSION}.patch"
+PATCH = Path(__file__).parent.parent / "patches" / f"horovod-{HOROVOD_VERSION}.patch"
 # What Horovod's setup.py needs importable when it runs without build isolation.
 BUILD_DEPS = ["setuptools", "wheel", "packaging", "psutil", "cffi", "cloudpickle", "pyyaml"]
 
@@ -90,13 +90,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["HVDTRAIN_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "hvdtrain" / "wheels"
-
-
-def installed_version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def torch_has_cuda() -> bool:
@@ -219,7 +212,7 @@ def ensure_horovod(cache_dir: Path, force: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hvdtrain.horovod_build",
+        prog="python -m hvdtrain.setup.horovod_build",
         description="Build (or take from cache) Horovod patched for current PyTorch and install it "
                     "into this Python environment. Run it with the environment's python, after torch.")
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),

@@ -175,21 +175,13 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     return load_mnist(folder) if cfg.dataset == "mnist" else load_cifar10(folder)
 
 
-def shard_batches(n: int, batch: int, steps: int, rank: int, size: int, seed: int,
-                  epoch: int) -> Iterator[torch.Tensor]:
-    """Index batches for one rank and epoch: exactly ``steps`` batches on every rank.
-
-    Horovod's DistributedSampler recipe: one permutation per epoch from a seed shared by all ranks,
-    then rank-strided shards (disjoint); the tail that does not divide evenly is dropped.
-    """
-    from torch.utils.data.distributed import DistributedSampler
-
-    sampler = DistributedSampler(range(n), num_replicas=size, rank=rank, shuffle=True, seed=seed,
-                                 drop_last=True)
-    sampler.set_epoch(epoch)
-    indices = torch.tensor(list(sampler), dtype=torch.long)
-    for step in range(steps):
-        yield indices[step * batch:(step + 1) * batch]
+def step_batches(indices: list[int], first: int, steps: int,
+                 per_step: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(0-based step in the epoch, sample indices) for ``steps`` steps from ``first`` on, cut from
+    this rank's share of the epoch (``indices``, as Horovod's ElasticSampler yields it)."""
+    idx = torch.tensor(indices[:steps * per_step], dtype=torch.long)
+    for i in range(steps):
+        yield first + i, idx[i * per_step:(i + 1) * per_step]
 
 
 def eval_shard(n: int, rank: int, size: int) -> torch.Tensor:

@@ -8,15 +8,15 @@ a corrupt or truncated newest file is skipped with a warning, never a silent res
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
-TMP_PREFIX = ".tmp-"
+import torch
+
+from hvdtrain.rundir import CHECKPOINT_TMP_PREFIX, checkpoint_path, list_checkpoints
 
 
 class CheckpointError(Exception):
@@ -30,24 +30,12 @@ class Loaded:
     skipped: list[tuple[Path, str]]  # newer files that failed to load, with the reason
 
 
-def checkpoint_path(folder: Path, epoch: int) -> Path:
-    return folder / f"epoch-{epoch:04d}.pt"
-
-
-def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """(epoch, path) for every checkpoint file, oldest first."""
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := NAME.match(p.name))]
-    return sorted(found)
-
-
 def clean_stray_temp_files(folder: Path) -> list[Path]:
     """Remove temp files left by a write that was killed (they are never valid checkpoints)."""
     removed = []
     if folder.is_dir():
         for p in folder.iterdir():
-            if p.name.startswith(TMP_PREFIX):
+            if p.name.startswith(CHECKPOINT_TMP_PREFIX):
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
@@ -59,11 +47,9 @@ def save(folder: Path, epoch: int, state: dict[str, Any], keep: int,
 
     ``before_replace`` runs between the complete temp file and the rename (fault-injection hook).
     """
-    import torch  # here, not at import time: the CLI reads checkpoint names without torch
-
     folder.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(folder, epoch)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=CHECKPOINT_TMP_PREFIX, suffix=".pt", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
@@ -82,14 +68,13 @@ def save(folder: Path, epoch: int, state: dict[str, Any], keep: int,
 
 def load_latest(folder: Path, required: tuple[str, ...] = ("epoch", "model")) -> Loaded | None:
     """The newest checkpoint that loads and has the ``required`` keys, or None if there is none."""
-    import torch
-
     skipped: list[tuple[Path, str]] = []
     for _, path in reversed(list_checkpoints(folder)):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated zip, bad pickle, I/O error: all mean "not usable"
-            skipped.append((path, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
+            first_line = (str(exc).splitlines() or ["(no message)"])[0][:200]
+            skipped.append((path, f"{type(exc).__name__}: {first_line}"))
             continue
         missing = [k for k in required if not isinstance(state, dict) or k not in state]
         if missing:

@@ -1,6 +1,7 @@
 """Entry point of every rank under horovodrun: ``python -m hvdtrain.worker --run-dir DIR``.
 
-The worker loads exactly the resolved recipe the CLI validated and wrote to ``DIR/recipe.yaml``.
+The worker loads exactly the resolved recipe the CLI validated and wrote to ``DIR/recipe.yaml``,
+joins the job and runs the normal or the elastic mode. Its exit code is a ``WorkerExit``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import os
 import sys
 import traceback
 from pathlib import Path
+
+from hvdtrain.events import WorkerExit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,16 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from hvdtrain.errors import UserError
-    from hvdtrain.train import run
 
     try:
         return run(args.run_dir, resume=args.resume)
     except UserError as exc:  # bad data directory etc.: the message is the whole story
         print(f"error: {exc.render()}", file=sys.stderr, flush=True)
-        code = 2
+        code = WorkerExit.BAD_INPUT
     except BaseException:  # noqa: BLE001 - any crash: report it, then leave at once
         traceback.print_exc()
-        code = 1
+        code = WorkerExit.CRASHED
     # Exit without Horovod's atexit shutdown: otherwise a peer may die of "Horovod has been shut
     # down" first and horovodrun reports it (and drops this rank's traceback) instead of this rank.
     sys.stdout.flush()
@@ -38,5 +40,24 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(code)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run(run_dir: Path, resume: bool) -> int:
+    import horovod.torch as hvd
+
+    from hvdtrain.rundir import RunDir
+    from hvdtrain.worker import elastic, fixed
+    from hvdtrain.worker.faults import from_env
+    from hvdtrain.worker.heartbeat import Heartbeat
+    from hvdtrain.worker.loop import build_job
+
+    folder = RunDir(run_dir)
+    recipe = folder.read_recipe()
+    hooks = from_env()
+    env_rank = int(os.environ.get("HOROVOD_RANK", "0"))
+    beat = Heartbeat(env_rank).start()
+    hooks.before_init(env_rank)
+    # Horovod: join the job; with Gloo this is the rendezvous with every other rank (elastic:
+    # later resets re-initialise inside hvd.elastic.run).
+    hvd.init()
+    job = build_job(recipe, folder, hooks, beat)
+    mode = elastic if recipe.elastic is not None else fixed
+    return int(mode.run(job, resume))

@@ -10,12 +10,11 @@ import threading
 import time
 
 from hvdtrain import events
-
-INTERVAL = 2.0
+from hvdtrain.events import BEAT_INTERVAL
 
 
 class Heartbeat:
-    def __init__(self, rank: int, interval: float = INTERVAL) -> None:
+    def __init__(self, rank: int, interval: float = BEAT_INTERVAL) -> None:
         self.rank, self.interval = rank, interval
         self.phase, self.epoch, self.step = "init", 0, 0
         self._thread = threading.Thread(target=self._run, name="hvdtrain-heartbeat", daemon=True)

@@ -6,10 +6,8 @@ checks are unit-tested by handing them ``Facts`` directly.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import platform
-import re
 import shutil
 import socket
 import sys
@@ -17,16 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from hvdtrain import HOROVOD_VERSION, TORCH_VERSION
+from hvdtrain.machine import classify_interface
 
 Level = Literal["ok", "info", "warn", "error"]
-
-# Interfaces Gloo must not pick for cross-host traffic: traffic on them never leaves the box.
-_VIRTUAL_PATTERNS = [
-    (re.compile(r"^lo\d*$"), "loopback"),
-    (re.compile(r"^(docker\d*|br-[0-9a-f]+|veth\w*)$"), "docker"),
-    (re.compile(r"^(virbr\d*|br\d*|cni\d*|flannel[.\w]*|cali\w+|lxcbr\d*|lxdbr\d*)$"), "bridge"),
-]
-
 
 @dataclass
 class Interface:
@@ -67,23 +58,7 @@ class Check:
 
 def rebuild_command(python: str) -> str:
     """The exact command that rebuilds Horovod for the torch installed in ``python``'s environment."""
-    return f"{python} -m hvdtrain.horovod_build --force"
-
-
-def classify_interface(name: str, addresses: list[str]) -> str:
-    for pattern, kind in _VIRTUAL_PATTERNS:
-        if pattern.match(name):
-            return kind
-    if addresses and all(_is_loopback(a) for a in addresses):
-        return "loopback"
-    return "physical"
-
-
-def _is_loopback(addr: str) -> bool:
-    try:
-        return ipaddress.ip_address(addr.split("%")[0]).is_loopback
-    except ValueError:
-        return False
+    return f"{python} -m hvdtrain.setup.horovod_build --force"
 
 
 def check(facts: Facts) -> list[Check]:
@@ -104,7 +79,7 @@ def check(facts: Facts) -> list[Check]:
     if facts.horovod_version is None:
         out.append(Check("horovod", "error",
                          f"not importable: {facts.horovod_error or 'not installed'}",
-                         f"make install  (or: {py} -m hvdtrain.horovod_build)"))
+                         f"make install  (or: {py} -m hvdtrain.setup.horovod_build)"))
     else:
         level: Level = "ok" if facts.horovod_version == HOROVOD_VERSION else "warn"
         out.append(Check("horovod", level, facts.horovod_version,
@@ -188,7 +163,7 @@ def gather_facts() -> Facts:
         from horovod.common.util import extension_available
 
         facts.horovod_version = horovod.__version__
-        from hvdtrain.horovod_build import horovod_built_torch
+        from hvdtrain.setup.horovod_build import horovod_built_torch
 
         facts.horovod_built_torch = horovod_built_torch()
         facts.frameworks = {

@@ -16,7 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from hvdtrain.doctor import classify_interface
+from hvdtrain.machine import classify_interface
 
 # Runs on every host (python -c PROBE CWD). Standard library plus what hvdtrain needs anyway.
 PROBE = r"""

@@ -1,0 +1,172 @@
+"""What each `hvdtrain` command does; cli.py only forwards to these. Each returns the exit code and
+raises ``UserError`` for bad input (cli.py reports it once, at the edge). Drawing is display.py's.
+
+None of these imports torch or horovod (``doctor`` asks the set-up side, which imports them lazily).
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+
+from hvdtrain.errors import UserError
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _echo_json(data: object) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+def doctor(as_json: bool) -> int:
+    from hvdtrain.launcher.display import print_doctor
+    from hvdtrain.setup import doctor as doc
+
+    facts = doc.gather_facts()
+    checks = doc.check(facts)
+    ok = doc.healthy(checks)
+    if as_json:
+        _echo_json(doc.report(facts, checks))
+    else:
+        print_doctor(_out(), checks, ok)
+    return 0 if ok else 1
+
+
+def recipes(as_json: bool) -> int:
+    from hvdtrain.launcher.display import recipes_table
+    from hvdtrain.recipe import load_recipe, shipped_recipes
+
+    rows = []
+    for path in shipped_recipes():
+        try:
+            description = load_recipe(str(path)).recipe.description
+        except UserError as exc:
+            description = f"INVALID: {exc}"
+        rows.append({"name": path.stem, "path": str(path), "description": description})
+    if as_json:
+        _echo_json(rows)
+    else:
+        _out().print(recipes_table(rows))
+    return 0
+
+
+def show(recipe: str, overrides: list[str], as_json: bool) -> int:
+    from hvdtrain.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    if as_json:
+        _echo_json(loaded.recipe.model_dump(mode="json"))
+    else:
+        typer.echo(f"# resolved from {loaded.path}"
+                   + (f" with {' '.join(loaded.overrides)}" if loaded.overrides else ""))
+        typer.echo(loaded.recipe.to_yaml(), nl=False)
+    return 0
+
+
+def validate(recipe_files: list[str], hostfile: str | None, as_json: bool) -> int:
+    """Every recipe (and the hostfile) checked; every error of every file reported."""
+    from hvdtrain.launcher.display import print_validation
+
+    results = [_validate_one(name, load_recipe=True) for name in recipe_files]
+    if hostfile:
+        results.append(_validate_one(hostfile, load_recipe=False))
+    ok = all(r["ok"] for r in results)
+    if as_json:
+        _echo_json({"ok": ok, "results": results})
+    else:
+        print_validation(results)
+    return 0 if ok else 2
+
+
+def _validate_one(source: str, load_recipe: bool) -> dict:
+    """One file's validation result: a recipe, or (``load_recipe=False``) a hostfile."""
+    from hvdtrain import recipe
+    from hvdtrain.launcher.hosts import parse_hostfile
+
+    try:
+        warnings = [] if load_recipe else list(parse_hostfile(source).warnings)
+        if load_recipe:
+            recipe.load_recipe(source, [])
+    except UserError as exc:
+        return {"source": source, "ok": False, "errors": exc.lines(), "warnings": []}
+    return {"source": source, "ok": True, "errors": [], "warnings": warnings}
+
+
+def hosts(hostfile: str, check: bool, ssh_port: int | None, ssh_identity_file: str | None,
+          network_interfaces: str | None, timeout: float, as_json: bool) -> int:
+    from hvdtrain.launcher import display
+    from hvdtrain.launcher.hosts import parse_hostfile
+
+    parsed = parse_hostfile(hostfile)
+    if check:
+        from hvdtrain.launcher.preflight import check_hosts
+
+        wanted = [i for i in (network_interfaces or "").split(",") if i]
+        report = check_hosts([h.name for h in parsed.hosts], ssh_port, ssh_identity_file, timeout,
+                             wanted)
+        if as_json:
+            _echo_json(report)
+        else:
+            display.print_preflight(_out(), report)
+        return 0 if report["ok"] else 1
+    if as_json:
+        _echo_json({
+            "ok": True, "source": parsed.source, "total_slots": parsed.total_slots,
+            "hosts": [{"host": h.name, "slots": h.slots, "line": h.line} for h in parsed.hosts],
+            "warnings": list(parsed.warnings)})
+    else:
+        display.print_hosts(_out(), parsed)
+    return 0
+
+
+def plan(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None,
+         hostfile: str | None, run_dir: str | None = None, resume: str | None = None,
+         as_json: bool = False) -> int:
+    """Print what `run` would launch (also `run --dry-run`); launches and writes nothing."""
+    from hvdtrain.launcher.plan import plan_dict, plan_run
+
+    the_plan = plan_run(recipe, overrides, np=np, hosts=hosts, hostfile=hostfile,
+                        run_dir=run_dir, resume=resume)
+    if as_json:
+        _echo_json(plan_dict(the_plan))
+    else:
+        from hvdtrain.launcher.display import print_plan
+
+        print_plan(_out(), the_plan)
+    return 0
+
+
+def run(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None,
+        hostfile: str | None, run_dir: str | None, resume: str | None, no_check: bool,
+        as_json: bool) -> int:
+    """Plan, check remote hosts, launch, draw; returns the run's exit code."""
+    from hvdtrain.launcher.launch import launch
+    from hvdtrain.launcher.plan import plan_run
+
+    the_plan = plan_run(recipe, overrides, np=np, hosts=hosts, hostfile=hostfile,
+                        run_dir=run_dir, resume=resume)
+    if not no_check:
+        _preflight_remote(the_plan)
+    return launch(the_plan, as_json=as_json)
+
+
+def _preflight_remote(the_plan) -> None:
+    """Before launching on remote hosts, check them; refuse (exit 2) with the table if one fails."""
+    from hvdtrain.launcher.preflight import check_hosts, is_local, local_addresses
+
+    local = local_addresses()
+    if all(is_local(h.name, local) for h in the_plan.hosts):
+        return
+    launch_cfg = the_plan.recipe.launch
+    report = check_hosts([h.name for h in the_plan.hosts], launch_cfg.ssh_port,
+                         launch_cfg.ssh_identity_file, 15.0, launch_cfg.network_interfaces)
+    if not report["ok"]:
+        from hvdtrain.launcher.display import print_preflight
+
+        print_preflight(Console(stderr=True, highlight=False), report)
+        raise UserError("pre-flight check failed, nothing launched (fix the hosts above, or skip "
+                        "the check with --no-check)")

@@ -1,0 +1,233 @@
+"""Run the planned horovodrun argv (no shell), stream its output into the renderer, and keep the
+run directory (layout: hvdtrain/rundir.py): resolved recipe, manifest, metrics, per-rank logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from hvdtrain import __version__
+from hvdtrain.errors import UserError
+from hvdtrain.events import BEAT_INTERVAL, Line, parse_line
+from hvdtrain.launcher.plan import Plan
+from hvdtrain.machine import installed_version
+from hvdtrain.rundir import RunDir
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+class RankLogs:
+    """Per-rank logs demultiplexed from horovodrun's prefixed stream: rank.N/stdout|stderr, plus
+    horovodrun.log for the launcher's own lines."""
+
+    def __init__(self, folder: RunDir, np: int) -> None:
+        self.folder = folder
+        self.files: dict[tuple[int | None, str], Any] = {}
+        for rank in range(np):  # every rank gets both files, even if it never prints
+            for stream in ("stdout", "stderr"):
+                self._open(rank, stream)
+
+    def _open(self, rank: int | None, stream: str) -> Any:
+        path = self.folder.rank_log(rank, stream)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.files[(rank, stream)] = path.open("a", buffering=1)
+        return fh
+
+    def write(self, line: Line) -> None:
+        fh = self.files.get((line.rank, line.stream)) or self._open(line.rank, line.stream)
+        fh.write(line.text + "\n")
+
+    def __enter__(self) -> RankLogs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+
+def manifest(plan: Plan, started: float) -> dict[str, Any]:
+    return {
+        "recipe": plan.recipe_name,
+        "argv": plan.argv,
+        "np": plan.np,
+        "hosts": [{"host": h.name, "slots": h.slots} for h in plan.hosts],
+        "env": plan.env,
+        "versions": {"hvdtrain": __version__, "torch": installed_version("torch"),
+                     "horovod": installed_version("horovod"), "python": platform.python_version()},
+        "git_commit": _git_commit(),
+        "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "end_time": None,
+        "exit_status": None,
+    }
+
+
+def prepare_run_dir(plan: Plan) -> RunDir:
+    folder = RunDir(plan.run_dir)
+    if not plan.resume and folder.path.exists() and any(folder.path.iterdir()):
+        raise UserError(f"run directory {folder.path} already exists and is not empty: choose "
+                        "another --run-dir, or continue it with --resume")
+    folder.checkpoints.mkdir(parents=True, exist_ok=True)
+    folder.write_recipe(plan.recipe)
+    return folder
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+class _Stream:
+    """Everything the launcher does with one line of horovodrun's output: per-rank logs, failure
+    analysis, heartbeats, metrics and manifest facts, and the view."""
+
+    def __init__(self, plan: Plan, info: dict[str, Any], view: Any, metrics: Any,
+                 logs: RankLogs) -> None:
+        from hvdtrain.launcher.failure import Diagnosis, TracebackFolder
+
+        self.info, self.view, self.metrics, self.logs = info, view, metrics, logs
+        self.diagnosis = Diagnosis(
+            hosts={p.rank: (p.host, p.local_rank) for p in plan.placement},
+            settings={"gloo_timeout": plan.recipe.horovod.gloo_timeout_seconds,
+                      "start_timeout": plan.recipe.launch.start_timeout,
+                      "elastic": plan.recipe.elastic is not None})
+        self.beats: dict[int, tuple[float, dict[str, Any]]] = {}
+        self.last_progress = time.monotonic()
+        self.launcher_traceback = False
+        self.tracebacks = TracebackFolder()  # worker tracebacks: exception line on screen
+
+    def feed(self, raw: str) -> None:
+        line = parse_line(raw)
+        self.logs.write(line)
+        self.diagnosis.feed(line)
+        if line.event is not None and line.event["event"] == "beat":
+            self.beats[int(line.event["rank"])] = (time.monotonic(), line.event)
+        elif line.event is not None:
+            self.last_progress = time.monotonic()
+            _record(line.event, self.info, self.metrics)
+            try:
+                self.view.event(line.event)
+            except (KeyError, TypeError, ValueError) as exc:  # never die on a bad event
+                self.view.output(Line(None, "launcher", f"unreadable event ({exc!r}): {raw}"))
+        elif line.rank is None and (self.launcher_traceback or _starts_traceback(line.text)):
+            self.launcher_traceback = True  # horovodrun's own traceback: kept in the log only
+        elif line.rank is None or line.stream != "stderr" or \
+                self.tracebacks.show(line.rank, line.text):
+            self.view.output(line)
+
+
+def launch(plan: Plan, as_json: bool = False) -> int:
+    """Run horovodrun for ``plan``; returns the run's exit code. Draws progress while it runs.
+
+    Failures end with one block naming the first failing rank (host, exit code or signal, last
+    stderr lines); SIGINT/SIGTERM stop every worker and exit 130/143; a run that makes no progress
+    for ``train.watchdog_seconds`` is stopped (exit 124). No worker outlives this function.
+    """
+    from hvdtrain.launcher.display import make_view
+
+    folder = prepare_run_dir(plan)
+    info = manifest(plan, time.time())
+    previous = folder.read_manifest() if plan.resume else None
+    if previous is not None:
+        info["previous"] = previous
+    folder.write_manifest(info)
+    view = make_view(plan, as_json=as_json)
+    with folder.metrics_file.open("a") as metrics, RankLogs(folder, plan.np) as logs:
+        stream = _Stream(plan, info, view, metrics, logs)
+        view.begin()
+        code, notes = _supervise(plan, stream)
+    lines = notes + (stream.diagnosis.summary(code) if code not in (0, 124) and code < 128 else [])
+    if code == 124:
+        lines += [x for x in stream.diagnosis.summary(code) if x.startswith("Horovod stall")]
+    if code != 0:
+        lines += _resume_hint(plan)
+    info["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    info["exit_status"] = code
+    info["failure"] = lines or None
+    folder.write_manifest(info)
+    view.end(code, lines)
+    return code
+
+
+def _supervise(plan: Plan, stream: _Stream) -> tuple[int, list[str]]:
+    """Run horovodrun and feed its lines to ``stream`` until it ends, is interrupted, or the
+    watchdog stops it; returns (exit code, notes for the failure block)."""
+    from hvdtrain.launcher.failure import stall_report
+    from hvdtrain.launcher.supervisor import Supervisor
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise _Interrupted(signum)
+
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
+    watchdog = float(plan.recipe.train.watchdog_seconds)  # 0: off
+    sup: Supervisor | None = None
+    try:
+        sup = Supervisor(plan.argv, env)
+        while True:
+            try:
+                raw = sup.next_line(timeout=0.5)
+            except EOFError:
+                break
+            if raw is not None:
+                stream.feed(raw)
+            elif watchdog and time.monotonic() - stream.last_progress > watchdog:
+                sup.stop()
+                return 124, [f"no progress from the workers for {watchdog:.0f} s "
+                             f"(train.watchdog_seconds={watchdog:.0f}): stopped the run",
+                             *stall_report(stream.beats, time.monotonic(), plan.np, BEAT_INTERVAL)]
+        code = sup.wait()
+        if sup.descendants():
+            sup.stop(grace=5)  # workers horovodrun left behind
+        return code, []
+    except _Interrupted as exc:
+        stopped = sup.stop() if sup is not None else 0
+        return 128 + exc.signum, [f"interrupted by {signal.Signals(exc.signum).name}: "
+                                  f"stopped {stopped} process(es)"]
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if sup is not None and sup.proc.poll() is None:
+            sup.stop()
+
+
+def _starts_traceback(text: str) -> bool:
+    return text.startswith("Traceback (most recent call last)") or \
+        text.startswith("Exception in thread")
+
+
+def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
+    """Keep what the run directory needs from an event: metrics lines and manifest facts."""
+    kind = ev["event"]
+    if kind in ("step", "epoch"):
+        metrics.write(json.dumps({"time": time.time(), **ev}) + "\n")
+        metrics.flush()
+    elif kind == "start":
+        info["compression"] = ev.get("compression")
+        info["worker_hosts"] = ev.get("hosts")
+    elif kind == "done":
+        info["param_hashes"] = ev.get("param_hashes")
+        info["replicas_identical"] = ev.get("replicas_identical")
+        info["final_eval_acc"] = ev.get("eval_acc")
+
+
+def _resume_hint(plan: Plan) -> list[str]:
+    found = RunDir(plan.run_dir).list_checkpoints()
+    if not found:
+        return ["no checkpoint was written; start again with the same command"]
+    epoch, path = found[-1]
+    recipe = shlex.quote(str(RunDir(plan.run_dir).recipe_file))
+    return [f"last checkpoint: {path} (epoch {epoch} complete)",
+            f"resume with: hvdtrain run {recipe} --resume {shlex.quote(str(plan.run_dir))}"]

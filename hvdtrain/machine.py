@@ -1,0 +1,40 @@
+"""Facts about a machine that both the launcher and the set-up side read: which interfaces reach
+other hosts, and which package versions are installed. Standard library only (no torch)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import ipaddress
+import re
+
+# Interfaces Gloo must not pick for cross-host traffic: traffic on them never leaves the box.
+_VIRTUAL_PATTERNS = [
+    (re.compile(r"^lo\d*$"), "loopback"),
+    (re.compile(r"^(docker\d*|br-[0-9a-f]+|veth\w*)$"), "docker"),
+    (re.compile(r"^(virbr\d*|br\d*|cni\d*|flannel[.\w]*|cali\w+|lxcbr\d*|lxdbr\d*)$"), "bridge"),
+]
+
+
+def classify_interface(name: str, addresses: list[str]) -> str:
+    """physical | loopback | docker | bridge: only physical interfaces reach other hosts."""
+    for pattern, kind in _VIRTUAL_PATTERNS:
+        if pattern.match(name):
+            return kind
+    if addresses and all(_is_loopback(a) for a in addresses):
+        return "loopback"
+    return "physical"
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def installed_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (read from its metadata, not imported)."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None

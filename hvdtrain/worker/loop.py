@@ -1,0 +1,406 @@
+"""The one training core both modes call: ring-allreduce SGD with fp16 gradient compression and the
+linearly scaled, gradually warmed-up learning rate.
+
+``train_epochs`` runs epochs of ``train_step`` (k micro-batches, allreduce, non-finite check, update),
+metric windows, ``end_epoch`` (eval, epoch event, checkpoint) and ``finish``. The normal mode
+(worker/fixed.py) calls it once; the elastic mode (worker/elastic.py) calls it inside
+``hvd.elastic.run`` and adds only what Horovod's elastic API needs, through ``after_step`` and
+``after_epoch``. Counters live in a ``Progress`` (normal) or Horovod's ``TorchState`` (elastic):
+both have the same attributes.
+
+Every Horovod call carries a ``# Horovod:`` comment saying why it is there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import horovod.torch as hvd
+import torch
+import torch.nn.functional as F
+
+from hvdtrain import events
+from hvdtrain.events import WorkerExit
+from hvdtrain.recipe import Recipe, lr_config
+from hvdtrain.rundir import RunDir
+from hvdtrain.schedule import LRConfig, lr_at, peak_lr, steps_per_epoch
+from hvdtrain.worker import checkpoint
+from hvdtrain.worker.data import Dataset, eval_shard, load_dataset, step_batches
+from hvdtrain.worker.faults import Hooks
+from hvdtrain.worker.heartbeat import Heartbeat
+from hvdtrain.worker.models import build_model
+from hvdtrain.worker.optim import (
+    compression_report,
+    distributed_optimizer,
+    grads_finite,
+    optimizer_hash,
+    set_lr,
+    state_hash,
+)
+
+
+@dataclass
+class Progress:
+    """Where training stands. Elastic mode keeps the same attributes in a ``TorchState``."""
+
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # steps completed in the current epoch
+    global_step: int = 0
+    eval_loss: float = math.nan  # of the last evaluation
+    eval_acc: float = math.nan
+    resets: int = 0  # elastic resets survived
+
+
+@dataclass
+class Job:
+    """What one rank trains with, built once per process by ``build_job``."""
+
+    recipe: Recipe
+    run_dir: RunDir
+    data: Dataset
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    sampler: Any  # hvd.elastic.ElasticSampler: one data order for both modes
+    hooks: Hooks
+    beat: Heartbeat
+    cfg: LRConfig = field(init=False)
+    params: list[torch.nn.Parameter] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cfg = lr_config(self.recipe)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def per_step(self) -> int:
+        """Samples one rank consumes per optimizer step (k micro-batches)."""
+        return self.recipe.data.batch_size * self.recipe.horovod.backward_passes_per_step
+
+    def steps_per_epoch(self) -> int:
+        # Horovod: the current world size (it may change between epochs in elastic mode).
+        return steps_per_epoch(len(self.data.train_y), hvd.size(), self.recipe)
+
+
+def build_job(recipe: Recipe, run_dir: RunDir, hooks: Hooks, beat: Heartbeat) -> Job:
+    """Data, model, optimizer and data order for this rank (after ``hvd.init()``)."""
+    # Horovod: the rank seeds this process's dropout; weights and optimizer state come from rank 0.
+    rank = hvd.rank()
+    torch.manual_seed(recipe.train.seed + rank)
+    data = load_dataset(recipe.data, recipe.train.seed)
+    model = hooks.model_built(rank, build_model(recipe.model, data.input_shape, data.num_classes))
+    # Horovod: a sampler that shards each epoch's permutation (same seed on every rank) by rank,
+    # and re-shards the not-yet-processed samples when the world changes (elastic).
+    sampler = hvd.elastic.ElasticSampler(range(len(data.train_y)), shuffle=True,
+                                         seed=recipe.train.seed)
+    return Job(recipe, run_dir, data, model, distributed_optimizer(model, recipe), sampler, hooks,
+               beat)
+
+
+def share_cores() -> list[str]:
+    """Give this rank its share of the machine's cores (cores / ranks on the same machine);
+    returns each rank's host as horovodrun named it.
+
+    Counted by real node name, not Horovod's local_size: two "hosts" that are the same machine
+    (localhost and 127.0.0.1, or network namespaces) would otherwise oversubscribe the cores.
+    """
+    node = os.uname().nodename
+    # Horovod: every rank's machine and the host name horovodrun gave it, in rank order.
+    seen = hvd.allgather_object((node, os.environ.get("HOROVOD_HOSTNAME", node)))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // [n for n, _ in seen].count(node)))
+    return [host for _, host in seen]
+
+
+# --- resume and start ---------------------------------------------------------------------------
+
+def restore(job: Job, counters: Any) -> tuple[WorkerExit, str]:
+    """Every rank: continue after rank 0's newest valid checkpoint. Rank 0 loads it into the model
+    and optimizer (the caller's broadcast or state sync spreads them); returns (outcome, path)."""
+    epoch, path = restore_checkpoint(job) if hvd.rank() == 0 else (0, "")
+    # Horovod: every rank resumes from rank 0's epoch (-1: rank 0 could not load a checkpoint).
+    epoch = int(hvd.broadcast(torch.tensor(epoch), root_rank=0, name="start_epoch").item())
+    if epoch < 0:
+        return WorkerExit.NO_CHECKPOINT, ""
+    counters.epoch, counters.batch = epoch, 0
+    counters.global_step = epoch * job.steps_per_epoch()
+    job.sampler.set_epoch(epoch)
+    return WorkerExit.OK, path
+
+
+def restore_checkpoint(job: Job) -> tuple[int, str]:
+    """Rank 0: load the newest valid checkpoint; returns (completed epoch or -1 on failure, path)."""
+    folder = job.run_dir.checkpoints
+    checkpoint.clean_stray_temp_files(folder)
+    try:
+        loaded = checkpoint.load_latest(folder)
+    except checkpoint.CheckpointError as exc:
+        events.emit("warning", message=f"cannot resume: {exc}")
+        return -1, ""
+    if loaded is None:
+        events.emit("warning", message=f"no checkpoint in {folder}: starting from epoch 1")
+        return 0, ""
+    for path, why in loaded.skipped:
+        events.emit("warning", message=f"skipped unusable checkpoint {path.name} ({why}); "
+                                       f"using {loaded.path.name}")
+    job.model.load_state_dict(loaded.state["model"])
+    job.optimizer.load_state_dict(loaded.state["optimizer"])
+    return int(loaded.state["epoch"]), str(loaded.path)
+
+
+def announce_start(job: Job, counters: Any, hosts: list[str], restored_from: str) -> None:
+    """Every rank, once synchronised: ``resumed`` (with every rank's optimizer-state hash, to show
+    the restore reached all of them) and rank 0's ``start`` event."""
+    if counters.epoch > 0:
+        # Horovod: each rank's optimizer-state hash after the broadcast/sync.
+        hashes = hvd.allgather_object(optimizer_hash(job.optimizer))
+        if hvd.rank() == 0:
+            events.emit("resumed", epoch=counters.epoch, path=restored_from,
+                        optimizer_hashes=hashes)
+    if hvd.rank() == 0:
+        r, hv, size = job.recipe, job.recipe.horovod, hvd.size()
+        report = compression_report(job.optimizer, job.model)
+        events.emit("start", epochs=r.train.epochs, start_epoch=counters.epoch,
+                    steps_per_epoch=job.steps_per_epoch(), world_size=size,
+                    threads=torch.get_num_threads(), hosts=hosts,
+                    compression={"name": hv.compression, **report}, op=hv.op,
+                    base_lr=r.optimizer.base_lr, peak_lr=peak_lr(job.cfg, size),
+                    params=sum(p.numel() for p in job.model.parameters()),
+                    train_samples=len(job.data.train_y), eval_samples=len(job.data.eval_y))
+
+
+# --- the step -----------------------------------------------------------------------------------
+
+class Meter:
+    """Loss / correct / count sums of this rank's batches, allreduced once per log window."""
+
+    def __init__(self, images_per_step: int) -> None:
+        self.images_per_step = images_per_step
+        self.window = torch.zeros(3, dtype=torch.float64)
+        self.epoch = torch.zeros(3, dtype=torch.float64)
+        self.steps = self.epoch_steps = 0
+        self.t0 = self.t_window = time.perf_counter()
+
+    @staticmethod
+    def batch_sums(loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(loss sum, correct, count) of one micro-batch, as a tensor: no Python round trip."""
+        with torch.no_grad():
+            return torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double(),
+                                torch.tensor(float(len(y)), dtype=torch.float64)])
+
+    def add(self, step_sums: torch.Tensor) -> None:
+        """Count one completed step (a skipped step's metrics are left out)."""
+        self.window += step_sums
+        self.steps += 1
+
+    def flush(self) -> tuple[float, float, float]:
+        """Every rank: (loss, acc, images/s) of the window across all ranks; starts a new one."""
+        # Horovod: metrics summed over all ranks, once per log interval (not per step).
+        total = hvd.allreduce(self.window, op=hvd.Sum, name="train_window")
+        now = time.perf_counter()
+        rate = self.steps * self.images_per_step / max(now - self.t_window, 1e-9)
+        self.epoch += total
+        self.epoch_steps += self.steps
+        self.window.zero_()
+        self.steps, self.t_window = 0, now
+        return (total[0] / total[2]).item(), (total[1] / total[2]).item(), rate
+
+
+def train_step(job: Job, idx: torch.Tensor, epoch: int, step: int,
+               lr: float) -> torch.Tensor | None:
+    """One optimizer step on this rank's samples ``idx`` (k micro-batches). Returns the step's
+    metric sums, or None when the gradients were non-finite and the step was skipped; raises
+    ``NonFinite`` to stop."""
+    rank, k = hvd.rank(), job.recipe.horovod.backward_passes_per_step
+    set_lr(job.optimizer, lr)
+    job.optimizer.zero_grad()  # Horovod 0.28 takes no set_to_none
+    sums = torch.zeros(3, dtype=torch.float64)
+    for micro in idx.split(job.recipe.data.batch_size):
+        out = job.model(job.data.train_x[micro])
+        y = job.data.train_y[micro]
+        loss = job.hooks.loss(rank, epoch, step, F.cross_entropy(out, y))
+        (loss / k if k > 1 else loss).backward()  # k passes make one step
+        sums += Meter.batch_sums(loss, out, y)
+    job.beat.at("allreduce", epoch, step)
+    # Horovod: wait for this step's gradient allreduces, so the check below sees the averaged
+    # gradients. Averaging spreads one rank's Inf/NaN to every rank, so all ranks take the same
+    # decision at the same step without another collective.
+    job.optimizer.synchronize()
+    if not grads_finite(job.params):
+        if job.recipe.train.on_nonfinite == "stop":
+            raise NonFinite(loss)
+        job.optimizer.zero_grad()
+        if rank == 0:
+            events.emit("warning", message=f"non-finite gradients at epoch {epoch} step {step}: "
+                                           "step skipped")
+        return None
+    # Horovod: already synchronized above; step without allreducing again.
+    with job.optimizer.skip_synchronize():
+        job.optimizer.step()
+    return sums
+
+
+class NonFinite(Exception):
+    """Inf/NaN gradients with ``train.on_nonfinite: stop``; carries this rank's last loss."""
+
+    def __init__(self, loss: torch.Tensor) -> None:
+        super().__init__("non-finite gradients")
+        self.loss = loss
+
+
+def report_nonfinite(job: Job, epoch: int, step: int, global_step: int,
+                     loss: torch.Tensor) -> None:
+    """Every rank stops here at the same step; rank 0 says why and which ranks' losses blew up."""
+    # Horovod: gather which ranks saw a non-finite local loss, to name them in the message.
+    bad = hvd.allgather_object(not bool(torch.isfinite(loss.detach())))
+    if hvd.rank() != 0:
+        return
+    culprits = [r for r, b in enumerate(bad) if b]
+    who = (f"local loss non-finite on rank(s) {', '.join(map(str, culprits))}" if culprits
+           else "local losses finite: the overflow happened in the gradient allreduce")
+    fix = ("set horovod.gradient_predivide_factor (e.g. to the number of workers) so fp16 sums "
+           "stay in range, or lower optimizer.base_lr" if job.recipe.horovod.compression == "fp16"
+           else "lower optimizer.base_lr or the warmup's peak")
+    events.emit("error", message=f"non-finite gradients at epoch {epoch} step {step} (global "
+                                 f"step {global_step + 1}); {who}. Stopped every rank before the "
+                                 f"update, so checkpoints hold only finite weights. Fix: {fix}, "
+                                 "or set train.on_nonfinite=skip")
+
+
+# --- epochs -------------------------------------------------------------------------------------
+
+def epoch_batches(job: Job, counters: Any, spe: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """The rest of the current epoch: from step ``counters.batch`` up to ``spe``, cut from this
+    rank's share of the not-yet-processed samples."""
+    indices = list(job.sampler)
+    steps = max(0, min(len(indices) // job.per_step, spe - counters.batch))
+    return step_batches(indices, counters.batch, steps, job.per_step)
+
+
+def run_steps(job: Job, counters: Any, spe: int, meter: Meter,
+              after_step: Callable[[int], None] | None) -> float:
+    """The steps of the current epoch; emits ``step`` events; returns the last LR."""
+    epoch, rank, size = counters.epoch + 1, hvd.rank(), hvd.size()
+    log_interval, lr = job.recipe.train.log_interval, math.nan
+    for step, idx in epoch_batches(job, counters, spe):
+        job.beat.at("compute", epoch, step + 1)
+        job.hooks.before_step(rank, epoch, step + 1)
+        lr = lr_at(counters.global_step, spe, size, job.cfg)
+        try:
+            sums = train_step(job, idx, epoch, step + 1, lr)
+        except NonFinite as exc:
+            report_nonfinite(job, epoch, step + 1, counters.global_step, exc.loss)
+            raise
+        counters.global_step += 1
+        counters.batch = step + 1
+        if sums is not None:
+            meter.add(sums)
+        if after_step is not None:
+            after_step(step)
+        if (step + 1) % log_interval == 0 or step + 1 == spe:
+            loss, acc, rate = meter.flush()
+            if rank == 0:
+                events.emit("step", epoch=epoch, step=step + 1, steps=spe,
+                            global_step=counters.global_step, loss=loss, acc=acc, lr=lr,
+                            images_per_s=rate)
+    if counters.batch % log_interval and counters.batch != spe:  # ended off the log grid
+        meter.flush()  # (elastic: the world shrank mid-epoch); every rank ran the same steps
+    return lr
+
+
+def end_epoch(job: Job, counters: Any, meter: Meter, lr: float) -> None:
+    """Every rank: evaluation when due; rank 0: the ``epoch`` event and the checkpoint when due."""
+    epoch, train = counters.epoch + 1, job.recipe.train
+    last = epoch == train.epochs
+    seconds = time.perf_counter() - meter.t0
+    job.beat.at("eval", epoch, counters.batch)
+    evaluated = epoch % train.eval_every == 0 or last
+    if evaluated:
+        sync_buffers(job.model)
+        counters.eval_loss, counters.eval_acc = evaluate(job)
+    if hvd.rank() != 0:
+        return
+    sums = meter.epoch
+    events.emit("epoch", epoch=epoch, epochs=train.epochs,
+                train_loss=(sums[0] / sums[2]).item(), train_acc=(sums[1] / sums[2]).item(),
+                eval_loss=counters.eval_loss if evaluated else None,
+                eval_acc=counters.eval_acc if evaluated else None, seconds=seconds,
+                images_per_s=meter.epoch_steps * meter.images_per_step / max(seconds, 1e-9),
+                lr=lr, global_step=counters.global_step, world_size=hvd.size())
+    if epoch % train.checkpoint_every == 0 or last:
+        save_checkpoint(job, epoch, counters.global_step)
+
+
+def train_epochs(job: Job, counters: Any, after_step: Callable[[int], None] | None = None,
+                 after_epoch: Callable[[], None] | None = None) -> int:
+    """Train from ``counters`` to the last epoch, then ``finish``. Returns a ``WorkerExit``."""
+    rank = hvd.rank()
+    while counters.epoch < job.recipe.train.epochs:
+        spe = job.steps_per_epoch()
+        job.hooks.epoch_start(rank, counters.epoch + 1)
+        job.model.train()
+        meter = Meter(job.per_step * hvd.size())
+        try:
+            lr = run_steps(job, counters, spe, meter, after_step)
+        except NonFinite:
+            return WorkerExit.NONFINITE
+        end_epoch(job, counters, meter, lr)
+        counters.epoch, counters.batch = counters.epoch + 1, 0
+        # Horovod: the sampler's next epoch (a new permutation; clears the processed samples).
+        job.sampler.set_epoch(counters.epoch)
+        if after_epoch is not None:
+            after_epoch()
+    finish(job, counters)
+    return WorkerExit.OK
+
+
+def save_checkpoint(job: Job, epoch: int, global_step: int) -> None:
+    """Rank 0: the durable checkpoint after ``epoch`` completed epochs, then its event."""
+    path = checkpoint.save(job.run_dir.checkpoints, epoch, {
+        "epoch": epoch, "global_step": global_step, "world_size": hvd.size(),
+        "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
+        "recipe_model": job.recipe.model.model_dump(mode="json"),
+    }, keep=job.recipe.train.keep_checkpoints,
+        before_replace=lambda: job.hooks.before_checkpoint_replace(0, epoch))
+    events.emit("checkpoint", epoch=epoch, path=str(path))
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Average BatchNorm running statistics so every rank evaluates (and saves) the same model."""
+    for name, buf in model.named_buffers():
+        if buf.is_floating_point():
+            # Horovod: BN statistics are per-rank (gradients are averaged, buffers are not).
+            hvd.allreduce_(buf, op=hvd.Average, name=f"buffer.{name}")
+
+
+def evaluate(job: Job) -> tuple[float, float]:
+    """Held-out loss and accuracy over every eval sample, each rank scoring its own shard."""
+    job.model.eval()
+    data, batch = job.data, job.recipe.data.eval_batch_size
+    sums = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        for part in eval_shard(len(data.eval_y), hvd.rank(), hvd.size()).split(batch):
+            out = job.model(data.eval_x[part])
+            y = data.eval_y[part]
+            sums += torch.tensor([F.cross_entropy(out, y, reduction="sum").item(),
+                                  (out.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
+    # Horovod: each rank saw a different shard; sum the counts to get the global loss/accuracy.
+    total = hvd.allreduce(sums, op=hvd.Sum, name="eval_sums")
+    return (total[0] / total[2]).item(), (total[1] / total[2]).item()
+
+
+def finish(job: Job, counters: Any) -> None:
+    """Every rank: prove the replicas agree and ran the same steps; rank 0 reports ``done``."""
+    job.beat.at("finish", counters.epoch, counters.batch)
+    sync_buffers(job.model)
+    # Horovod: gather every rank's model hash to prove the replicas never diverged.
+    hashes = hvd.allgather_object(state_hash(job.model))
+    # Horovod: and every rank's step count, to show they all ran the same number of steps.
+    steps = hvd.allgather_object(counters.global_step)
+    if hvd.rank() == 0:
+        events.emit("done", epochs=job.recipe.train.epochs, eval_acc=counters.eval_acc,
+                    eval_loss=counters.eval_loss, param_hashes=hashes,
+                    replicas_identical=len(set(hashes)) == 1, steps_per_rank=steps,
+                    world_size=hvd.size(), resets=counters.resets)
