@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_VERSION := $(shell sed -n 's/^TORCH_VERSION = "\(.*\)"/\1/p' hvdtrain/__init__.py)
 STAMP  := $(VENV)/.hvdtrain-installed
 
-.PHONY: install demo test bench clean test-hosts-deps
+.PHONY: install demo test test-fast bench clean test-hosts-deps
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest -q
+
+# Everything that starts no horovodrun (every test that does carries the `horovod` marker): ~30 s.
+test-fast: install
+	$(VENV)/bin/python -m pytest -q -m "not horovod"
 
 bench: install
 	$(VENV)/bin/python tests/bench/run_bench.py

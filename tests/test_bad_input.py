@@ -93,6 +93,3 @@ def test_bad_input_is_refused_before_anything_runs(run_cli, tmp_path: Path, args
     assert not run_dir.exists()  # nothing launched, nothing written
     assert not Path(MARK).exists()  # nothing executed
 
-
-def test_there_are_at_least_fifteen_cases() -> None:
-    assert len(CASES) >= 15

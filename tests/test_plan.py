@@ -144,9 +144,14 @@ def test_derived_numbers_for_digits(tmp_path: Path) -> None:
     assert (plan.base_lr, plan.peak_lr, plan.warmup_steps) == (0.05, 0.1, 22)
     assert plan.lr_points[0] == ("first step", 0, pytest.approx(0.05 * (1 / 22 + 1)))
     assert plan.lr_points[2] == ("warmup end", 21, pytest.approx(0.1))
-    assert plan.placement == placement([Host("localhost", 2)])
     assert [(p.rank, p.host, p.local_rank) for p in plan.placement] == [(0, "localhost", 0),
                                                                         (1, "localhost", 1)]
+
+
+def test_placement_fills_hosts_in_order() -> None:
+    placed = placement([Host("a", 2), Host("b", 1), Host("c", 3)])
+    assert [(p.rank, p.host, p.local_rank) for p in placed] == [
+        (0, "a", 0), (1, "a", 1), (2, "b", 0), (3, "c", 0), (4, "c", 1), (5, "c", 2)]
 
 
 def test_np_sources_and_host_filling(tmp_path: Path) -> None:
@@ -204,3 +209,24 @@ def test_plan_errors_exit_2_without_traceback(run_cli, tmp_path: Path) -> None:
     proc = run_cli("run", "digits-cnn", "--hosts", "a;b:1", "--dry-run")
     assert proc.returncode == 2
     assert "invalid hostname 'a;b'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dry_run_of_a_resume_shows_the_real_argv(run_cli, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "recipe.yaml").write_text(load_recipe("digits-cnn").recipe.to_yaml())
+    before = sorted(p.name for p in run_dir.iterdir())
+    args = ["digits-cnn", "train.epochs=20", "--resume", str(run_dir), "--json"]
+    dry = run_cli("run", *args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["argv"][-5:] == ["-m", "hvdtrain.worker", "--run-dir", str(run_dir), "--resume"]
+    assert plan["resume"] is True and plan["run_dir"] == str(run_dir)
+    assert json.loads(run_cli("plan", *args).stdout) == plan  # `plan --resume` says the same
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing written
+    other = run_cli("run", *args, "--dry-run", "--run-dir", str(tmp_path / "elsewhere"))
+    assert other.returncode == 2
+    assert other.stderr == (f"error: --run-dir {tmp_path / 'elsewhere'} and --resume {run_dir} "
+                            "name different directories: --resume continues the run in its own "
+                            "directory; drop --run-dir\n")
+    assert json.loads(other.stdout) == {"ok": False, "errors": [other.stderr[7:-1]]}
