@@ -108,7 +108,8 @@ def hosts(
         "--ssh-identity-file", help="ssh private key (with --check).")] = None,
     network_interfaces: Annotated[Optional[str], typer.Option(
         "--network-interfaces", help="Interfaces you plan to use, e.g. eth0 (with --check).")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per host (with --check).")] = 15.0,
+    timeout: Annotated[Optional[float], typer.Option(
+        "--timeout", help="Seconds per host (with --check; default 15).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Parse and validate a hostfile: print the hosts and slots, or every error (exit 2).

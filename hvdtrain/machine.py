@@ -4,8 +4,11 @@ other hosts, and which package versions are installed. Standard library only (no
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import ipaddress
+import json
 import re
+from pathlib import Path
 
 # Interfaces Gloo must not pick for cross-host traffic: traffic on them never leaves the box.
 _VIRTUAL_PATTERNS = [
@@ -37,4 +40,25 @@ def installed_version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+BUILD_INFO = "hvdtrain-build.json"  # written into the horovod package by the installer
+
+
+def horovod_dir() -> Path | None:
+    """The installed horovod package directory, found without importing it (or torch)."""
+    spec = importlib.util.find_spec("horovod")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def horovod_build_info() -> dict | None:
+    """How the installed Horovod was built ({"controllers": {"gloo": .., "mpi": ..}, ...}), as
+    recorded at install time by ``python -m hvdtrain.setup.horovod_build``; None if unknown."""
+    folder = horovod_dir()
+    try:
+        return json.loads((folder / BUILD_INFO).read_text()) if folder else None
+    except (OSError, ValueError):
         return None

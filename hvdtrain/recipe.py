@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -29,13 +30,30 @@ IFACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$")  # Linux IFNAMSI
 # A path handed to horovodrun or a worker: printable, no shell metacharacters needed by anyone.
 SAFE_PATH = re.compile(r"^[A-Za-z0-9_./~+@%-][A-Za-z0-9_./~+@%=, -]*$")
 
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
+MAX_INT = 2**31 - 1  # Horovod reads its flags into C ints; no count or size here needs more
+MAX_RECIPE_BYTES = 256 << 10  # a recipe is a few KiB; this bounds the time to validate one
+MAX_PROBLEMS = 50  # listed per recipe; the rest are counted
+# libyaml's C parser where PyYAML was built with it (the wheels are): ~10x faster on big files.
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _not_bool(value: object) -> object:
+    """YAML's true/false are not numbers here (pydantic would quietly read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError("Input should be a number, not a boolean")
+    return value
+
+
+NotBool = BeforeValidator(_not_bool)
+PosInt = Annotated[int, NotBool, Field(gt=0, le=MAX_INT)]
+NonNegInt = Annotated[int, NotBool, Field(ge=0, le=MAX_INT)]
+PosFloat = Annotated[float, NotBool, Field(gt=0, le=1e9)]
+Fraction = Annotated[float, NotBool, Field(ge=0, lt=1)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan=False: .inf / .nan are refused everywhere ("Input should be a finite number").
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _safe_path(value: str | None, what: str) -> str | None:
@@ -78,25 +96,35 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     arch: Literal["small_cnn", "resnet"] = "small_cnn"
     width: PosInt = 32  # channels of the first conv layer
-    depth: Annotated[int, Field(ge=1, le=8)] = 2  # residual blocks per stage (resnet)
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    depth: Annotated[int, NotBool, Field(ge=1, le=8)] = 2  # residual blocks per stage (resnet)
+    dropout: Fraction = 0.0
 
 
 class OptimizerConfig(_Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     base_lr: PosFloat = 0.05  # per worker; scaled by world size under the linear rule
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    momentum: Fraction = 0.9
+    weight_decay: Annotated[float, NotBool, Field(ge=0, le=1)] = 0.0
     lr_scaling: Literal["linear", "none"] = "linear"
-    warmup_epochs: Annotated[float, Field(ge=0)] = 1.0
+    warmup_epochs: Annotated[float, NotBool, Field(ge=0, le=1e6)] = 1.0
     decay: Literal["none", "cosine", "step"] = "cosine"
     decay_epochs: list[PosInt] = []
-    decay_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
+    decay_factor: Annotated[float, NotBool, Field(gt=0, le=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _milestones(self) -> OptimizerConfig:
+        if self.decay == "step" and not self.decay_epochs:
+            raise ValueError("decay: step needs decay_epochs (the epochs at which the LR is "
+                             "multiplied by decay_factor), e.g. decay_epochs: [30, 60]")
+        if self.decay != "step" and self.decay_epochs:
+            raise ValueError(f"decay_epochs applies only to decay: step (decay is "
+                             f"{self.decay!r}): remove decay_epochs or set decay: step")
+        return self
 
 
 class TrainConfig(_Section):
     epochs: PosInt = 10
-    seed: int = 42
+    seed: Annotated[int, NotBool, Field(ge=0, le=2**62)] = 42
     eval_every: PosInt = 1  # epochs
     checkpoint_every: PosInt = 1  # epochs
     keep_checkpoints: PosInt = 3
@@ -104,6 +132,14 @@ class TrainConfig(_Section):
     max_steps_per_epoch: PosInt | None = None  # cap, for quick throughput runs
     on_nonfinite: Literal["stop", "skip"] = "stop"  # Inf/NaN gradients: stop the run, or skip the step
     watchdog_seconds: NonNegInt = 600  # end the run after this long without progress (0 = off)
+
+    @field_validator("watchdog_seconds")
+    @classmethod
+    def _watchdog(cls, v: int) -> int:
+        if 0 < v < 10:
+            raise ValueError("must be 0 (off) or at least 10 s: the ranks need time to start and "
+                             "to send heartbeats (every 2 s) before the watchdog can judge them")
+        return v
 
 
 class HorovodConfig(_Section):
@@ -162,7 +198,7 @@ class LaunchConfig(_Section):
     hostfile: str | None = None
     controller: Literal["gloo", "mpi"] = "gloo"
     network_interfaces: list[str] = []
-    ssh_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    ssh_port: Annotated[int, NotBool, Field(ge=1, le=65535)] | None = None
     ssh_identity_file: str | None = None
     start_timeout: PosInt = 30
     env: dict[str, str] = {}
@@ -196,6 +232,14 @@ class LaunchConfig(_Section):
                 raise ValueError(f"value of {name} contains a NUL or newline")
         return v
 
+    @field_validator("hosts", "hostfile")
+    @classmethod
+    def _not_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("is empty: give host:slots,... (hosts) or a path (hostfile), or null "
+                             "for this machine")
+        return v
+
     @model_validator(mode="after")
     def _one_host_source(self) -> LaunchConfig:
         if self.hosts and self.hostfile:
@@ -227,7 +271,7 @@ class Recipe(_Section):
 # ---------------------------------------------------------------------------------------------
 # Loading: file or bare name, overrides, and every error at once.
 
-OVERRIDE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(.*)$", re.S)
+OVERRIDE = re.compile(r"^([^\W\d]\w*(?:\.[^\W\d]\w*)*)=(.*)$", re.S)
 
 
 class LoadedRecipe(BaseModel):
@@ -249,6 +293,9 @@ def resolve_recipe_path(source: str) -> Path:
     path = Path(source)
     if path.is_file():
         return path
+    if path.exists():
+        kind = "a directory" if path.is_dir() else "not a regular file (a device, FIFO or socket)"
+        raise UserError(f"recipe {source} is {kind}: give the path of a YAML file")
     if "/" not in source and not source.endswith((".yaml", ".yml")):
         for folder in (Path.cwd() / "recipes", RECIPES_DIR):
             candidate = folder / f"{source}.yaml"
@@ -270,6 +317,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise UserError(f"override {item!r} is not KEY=VALUE with a dotted key, "
                         "e.g. optimizer.base_lr=0.1 or train.epochs=3")
     try:
+        refuse_aliases(m.group(2), f"override {item!r}", lines=False)
         value = yaml.safe_load(m.group(2)) if m.group(2).strip() else None
     except yaml.YAMLError:
         value = m.group(2)  # not YAML: take it as the literal string, the schema judges it
@@ -303,24 +351,44 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict[tuple[str, ...], st
     return origin
 
 
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map each dotted key path in a YAML mapping document to its 1-based line."""
+def refuse_aliases(text: str, where: str, lines: bool = True) -> None:
+    """Refuse YAML anchors and aliases (``&a`` / ``*a``) before anything is built: nested aliases
+    expand exponentially (a "billion laughs" file of a few hundred bytes needs gigabytes), and a
+    recipe never needs them. Parsing events only is fast and small on any input."""
+    for event in yaml.parse(text, Loader=SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            at = f"{where}:{event.start_mark.line + 1}" if lines else where
+            raise UserError(f"{at}: YAML anchors and aliases (&name, *name) are not allowed in "
+                            "recipes: write the values out")
+
+
+def _key_lines(root: yaml.Node | None, file: str) -> dict[tuple[str, ...], int]:
+    """Map each dotted key path in a YAML mapping document to its 1-based line; a key given twice
+    in one mapping is an error (YAML would silently keep the last one)."""
     lines: dict[tuple[str, ...], int] = {}
+    duplicates: list[str] = []
 
     def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
         if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
             for key_node, value_node in node.value:
-                path = prefix + (str(key_node.value),)
-                lines[path] = key_node.start_mark.line + 1
-                walk(value_node, path)
+                key, line = str(key_node.value), key_node.start_mark.line + 1
+                if key in seen:
+                    duplicates.append(f"{file}:{line}: {'.'.join(prefix + (key,))}: duplicate key "
+                                      f"(first at line {seen[key]}); YAML would keep only the "
+                                      "last one: remove one of them")
+                seen[key] = line
+                lines[prefix + (key,)] = line
+                walk(value_node, prefix + (key,))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 lines[prefix + (str(i),)] = item.start_mark.line + 1
                 walk(item, prefix + (str(i),))
 
-    root = yaml.compose(text)
     if root is not None:
         walk(root, ())
+    if duplicates:
+        raise UserError(f"recipe {file} has duplicate keys:", duplicates)
     return lines
 
 
@@ -357,47 +425,85 @@ def _describe(err: dict) -> str:
 def format_validation_errors(exc: ValidationError, file: str, lines: dict[tuple[str, ...], int],
                              origin: dict[tuple[str, ...], str]) -> list[str]:
     out = []
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_PROBLEMS]:
         loc = tuple(str(p) for p in err["loc"])
         dotted = ".".join(loc) or "(top level)"
         source = next((f"override {item!r}" for keys, item in origin.items()
                        if loc[:len(keys)] == keys), None)
+        if source is None:  # a section-level check (two keys at once): the override it names
+            source = next((f"override {item!r}" for keys, item in origin.items()
+                           if keys[:len(loc)] == loc and (keys[-1] in err["msg"] or
+                                                          err["type"] == "extra_forbidden")), None)
         if source is None:
             line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
             source = f"{file}:{line}" if line else file
         out.append(f"{source}: {dotted}: {_describe(err)}")
+    if len(errors) > MAX_PROBLEMS:
+        out.append(f"... and {len(errors) - MAX_PROBLEMS} more problems")
     return out
 
 
-def load_recipe(source: str, overrides: list[str] | None = None) -> LoadedRecipe:
-    """Read, override and validate a recipe; raise ``UserError`` listing every problem."""
-    overrides = list(overrides or [])
-    path = resolve_recipe_path(source)
+def _read(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """The parsed YAML of a recipe file and the line of every key; raises ``UserError``."""
     try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise UserError(f"recipe {path} is larger than {MAX_RECIPE_BYTES >> 10} KiB: a recipe "
+                            "is a short YAML file (see `hvdtrain show digits-cnn`)")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read recipe {path}: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
-        lines = _key_lines(text)
+        refuse_aliases(text, str(path))
+        lines = _key_lines(yaml.compose(text, Loader=SafeLoader), str(path))
+        raw = yaml.load(text, Loader=SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise UserError(f"{where}: YAML syntax error: {problem}") from None
     if raw is None:
-        raw = {}
+        raise UserError(f"recipe {path} is empty: start from a shipped one, e.g. "
+                        "`hvdtrain show digits-cnn > my-recipe.yaml`")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe is a YAML mapping of sections (data:, model:, ...), "
                         f"got a {type(raw).__name__}")
+    return raw, lines
+
+
+def load_recipe(source: str, overrides: list[str] | None = None) -> LoadedRecipe:
+    """Read, override and validate a recipe; raise ``UserError`` listing every problem."""
+    overrides = list(overrides or [])
+    path = resolve_recipe_path(source)
+    raw, lines = _read(path)
     origin = apply_overrides(raw, overrides)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        problems = format_validation_errors(exc, str(path), lines, origin)
-        raise UserError(f"recipe {path} is invalid ({len(problems)} problem"
-                        f"{'s' if len(problems) > 1 else ''}):", problems) from None
+        problems, count = format_validation_errors(exc, str(path), lines, origin), exc.error_count()
+        raise UserError(f"recipe {path} is invalid ({count} problem{'s' if count > 1 else ''}):",
+                        problems) from None
     return LoadedRecipe(name=path.stem, path=path, recipe=recipe, overrides=overrides)
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """Settings that are valid but have no effect, or an effect the user likely did not mean."""
+    out = []
+    opt, train, data, hv = recipe.optimizer, recipe.train, recipe.data, recipe.horovod
+    if opt.warmup_epochs > train.epochs:
+        out.append(f"optimizer.warmup_epochs ({opt.warmup_epochs:g}) is longer than training "
+                   f"(train.epochs={train.epochs}): the LR never reaches its peak")
+    if data.data_dir and data.dataset in ("digits", "synthetic"):
+        out.append(f"data.data_dir is set but data.dataset={data.dataset} reads no files: it is "
+                   "ignored")
+    if hv.autotune_log_file and not hv.autotune:
+        out.append("horovod.autotune_log_file is set but horovod.autotune is false: nothing is "
+                   "logged")
+    if opt.decay == "step" and max(opt.decay_epochs) >= train.epochs:
+        late = [m for m in opt.decay_epochs if m >= train.epochs]
+        out.append(f"optimizer.decay_epochs {late} are at or after the last epoch "
+                   f"({train.epochs}): those drops never happen")
+    return out
 
 
 def lr_config(recipe: Recipe):

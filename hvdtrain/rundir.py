@@ -17,6 +17,7 @@ import json
 import os
 import re
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,15 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def is_complete_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a whole torch checkpoint file (a zip archive with its central directory:
+    a zero-byte or truncated write is not), judged without torch."""
+    try:
+        return path.stat().st_size > 0 and zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths inside one run directory, and reading/writing its recipe and manifest."""
@@ -84,6 +94,11 @@ class RunDir:
 
     def list_checkpoints(self) -> list[tuple[int, Path]]:
         return list_checkpoints(self.checkpoints)
+
+    def newest_complete_checkpoint(self) -> tuple[int, Path] | None:
+        """(epoch, path) of the newest checkpoint file that is whole, or None."""
+        return next(((e, p) for e, p in reversed(self.list_checkpoints())
+                     if is_complete_checkpoint(p)), None)
 
     def write_recipe(self, recipe: Recipe) -> None:
         self.recipe_file.write_text(recipe.to_yaml())

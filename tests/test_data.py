@@ -158,3 +158,40 @@ def test_after_a_reset_only_unprocessed_samples_are_reshared(monkeypatch) -> Non
 def test_eval_shards_cover_every_sample_once() -> None:
     parts = [eval_shard(11, r, 3).tolist() for r in range(3)]
     assert sorted(sum(parts, [])) == list(range(11))
+
+
+class _RunsCode:
+    """A pickle payload that calls os.system when loaded (what a crafted data_batch_1 can do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_batches_cannot_run_code(tmp_path: Path) -> None:
+    write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    with (tmp_path / "data_batch_2").open("wb") as fh:
+        pickle.dump({b"data": _RunsCode(marker), b"labels": [0]}, fh)
+    with pytest.raises(DataError) as info:
+        load_cifar10(tmp_path)
+    assert str(info.value) == (f"CIFAR-10 file {tmp_path}/data_batch_2: refused to load "
+                               "posix.system: a CIFAR-10 batch holds only dicts, lists, bytes, "
+                               "numbers and numpy arrays (the file is not an official batch, or "
+                               "was crafted to run code)")
+    assert not marker.exists()
+
+
+def test_cifar_batches_pickled_by_python2_numpy1_load(tmp_path: Path) -> None:
+    """The official files name numpy.core.multiarray (numpy 1) and use protocol 2."""
+    write_cifar(tmp_path)
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    raw = pickle.dumps({b"data": data, b"labels": [3, 4], b"batch_label": b"x"}, protocol=2)
+    raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    (tmp_path / "test_batch").write_bytes(raw)
+    ds = load_cifar10(tmp_path)
+    assert ds.eval_y.tolist() == [3, 4]

@@ -55,7 +55,7 @@ BAD = [
      "hf:1: invalid hostname 'a;b': use letters, digits, '-' and '.' (an RFC 1123 hostname or an "
      "IPv4 address)"),
     ("fe80::1 slots=1\n",
-     "hf:1: 'fe80::1' looks like an IPv6 address; horovodrun's -H accepts hostnames and IPv4 "
+     "hf:1: 'fe80::1' is an IPv6 address; horovodrun's -H accepts hostnames and IPv4 "
      "addresses only: use a hostname"),
     ("node1 slots=99999\n", "hf:1: slots 99999 is more than 4096: is that a typo?"),
 ]

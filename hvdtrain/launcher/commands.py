@@ -7,6 +7,7 @@ None of these imports torch or horovod (``doctor`` asks the set-up side, which i
 from __future__ import annotations
 
 import json
+import math
 
 import typer
 from rich.console import Console
@@ -88,9 +89,8 @@ def _validate_one(source: str, load_recipe: bool) -> dict:
     from hvdtrain.launcher.hosts import parse_hostfile
 
     try:
-        warnings = [] if load_recipe else list(parse_hostfile(source).warnings)
-        if load_recipe:
-            recipe.load_recipe(source, [])
+        warnings = (recipe.recipe_warnings(recipe.load_recipe(source, []).recipe) if load_recipe
+                    else list(parse_hostfile(source).warnings))
     except UserError as exc:
         return {"source": source, "ok": False, "errors": exc.lines(), "warnings": []}
     return {"source": source, "ok": True, "errors": [], "warnings": warnings}
@@ -101,13 +101,14 @@ def hosts(hostfile: str, check: bool, ssh_port: int | None, ssh_identity_file: s
     from hvdtrain.launcher import display
     from hvdtrain.launcher.hosts import parse_hostfile
 
+    _check_options(check, ssh_port, ssh_identity_file, network_interfaces, timeout)
     parsed = parse_hostfile(hostfile)
     if check:
         from hvdtrain.launcher.preflight import check_hosts
 
         wanted = [i for i in (network_interfaces or "").split(",") if i]
-        report = check_hosts([h.name for h in parsed.hosts], ssh_port, ssh_identity_file, timeout,
-                             wanted)
+        report = check_hosts([h.name for h in parsed.hosts], ssh_port, ssh_identity_file,
+                             15.0 if timeout is None else timeout, wanted)
         if as_json:
             _echo_json(report)
         else:
@@ -121,6 +122,24 @@ def hosts(hostfile: str, check: bool, ssh_port: int | None, ssh_identity_file: s
     else:
         display.print_hosts(_out(), parsed)
     return 0
+
+
+def _check_options(check: bool, ssh_port: int | None, ssh_identity_file: str | None,
+                   network_interfaces: str | None, timeout: float | None) -> None:
+    """`hosts` options that only mean something with --check, and their ranges."""
+    given = [flag for flag, value in (("--ssh-port", ssh_port),
+                                      ("--ssh-identity-file", ssh_identity_file),
+                                      ("--network-interfaces", network_interfaces),
+                                      ("--timeout", timeout)) if value is not None]
+    if given and not check:
+        raise UserError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with "
+                        "--check: add --check, or leave "
+                        f"{'it' if len(given) == 1 else 'them'} out")
+    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= 3600):
+        raise UserError(f"--timeout must be a number of seconds between 0 and 3600 (per host), "
+                        f"got {timeout:g}")
+    if ssh_port is not None and not 1 <= ssh_port <= 65535:
+        raise UserError(f"--ssh-port must be a TCP port between 1 and 65535, got {ssh_port}")
 
 
 def plan(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None,
@@ -149,8 +168,22 @@ def run(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None,
 
     the_plan = plan_run(recipe, overrides, np=np, hosts=hosts, hostfile=hostfile,
                         run_dir=run_dir, resume=resume)
+    if the_plan.resume and the_plan.epochs_done >= the_plan.recipe.train.epochs:
+        from hvdtrain.launcher.plan import nothing_to_do
+
+        typer.echo(json.dumps({"event": "exit", "code": 0, "message": nothing_to_do(the_plan)})
+                   if as_json else nothing_to_do(the_plan))
+        return 0  # the run directory stays exactly as it was
     if not no_check:
         _preflight_remote(the_plan)
+    elastic = the_plan.recipe.elastic
+    if elastic and elastic.host_discovery_script:
+        from hvdtrain.launcher.preflight import check_discovery
+
+        problem = check_discovery(elastic.host_discovery_script, elastic.min_np,
+                                  elastic.slots_per_host)
+        if problem:
+            raise UserError(f"{problem}; nothing launched")
     return launch(the_plan, as_json=as_json)
 
 

@@ -251,7 +251,7 @@ class PlainView:
         self.say(f"[{who}] {line.text}")
 
     def closing(self, code: int) -> str:
-        if code in (130, 143):
+        if code in (129, 130, 143):  # SIGHUP, SIGINT, SIGTERM
             return f"run interrupted (exit code {code}); run dir {self.plan.run_dir}"
         if code != 0:
             return f"run failed (exit code {code}); run dir {self.plan.run_dir}"

@@ -7,6 +7,7 @@ blank lines; CRLF; tabs. Every problem is reported at once as ``file:line: reaso
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from dataclasses import dataclass
@@ -40,9 +41,17 @@ class HostList:
 
 
 def _check_hostname(name: str) -> str | None:
-    if ":" in name and name.count(":") > 1:
-        return (f"{name!r} looks like an IPv6 address; horovodrun's -H accepts hostnames and IPv4 "
+    if name.count(":") > 1:
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            return (f"{name!r} has more than one ':': write host:slots (an ssh port goes in "
+                    "launch.ssh_port)")
+        return (f"{name!r} is an IPv6 address; horovodrun's -H accepts hostnames and IPv4 "
                 "addresses only: use a hostname")
+    if len(name) > 253 or any(len(label) > 63 for label in name.split(".")):
+        return (f"host name {name[:40]!r}... is {len(name)} characters long: a host name has at "
+                "most 253 characters, and at most 63 between dots")
     if not HOSTNAME.match(name):
         return (f"invalid hostname {name!r}: use letters, digits, '-' and '.' "
                 "(an RFC 1123 hostname or an IPv4 address)")

@@ -16,6 +16,7 @@ from typing import Any
 from hvdtrain import __version__
 from hvdtrain.errors import UserError
 from hvdtrain.events import BEAT_INTERVAL, Line, parse_line
+from hvdtrain.launcher.guard import Guard
 from hvdtrain.launcher.plan import Plan
 from hvdtrain.machine import installed_version
 from hvdtrain.rundir import RunDir
@@ -36,6 +37,7 @@ class RankLogs:
     def __init__(self, folder: RunDir, np: int) -> None:
         self.folder = folder
         self.files: dict[tuple[int | None, str], Any] = {}
+        self._open(None, "launcher")  # horovodrun.log, also when horovodrun says nothing
         for rank in range(np):  # every rank gets both files, even if it never prints
             for stream in ("stdout", "stderr"):
                 self._open(rank, stream)
@@ -70,18 +72,32 @@ def manifest(plan: Plan, started: float) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "end_time": None,
+        "status": "running",  # then finished | failed | interrupted | killed
         "exit_status": None,
+        "launcher_pid": os.getpid(),
+        "recipe_resolved": plan.recipe.model_dump(mode="json"),  # what the checkpoints depend on
     }
 
 
 def prepare_run_dir(plan: Plan) -> RunDir:
+    """Create the run directory (or reuse it for --resume); nothing is launched before this."""
     folder = RunDir(plan.run_dir)
+    if folder.path.exists() and not folder.path.is_dir():
+        raise UserError(f"run directory {folder.path} is a file: choose another --run-dir "
+                        "(or launch.output_dir)")
     if not plan.resume and folder.path.exists() and any(folder.path.iterdir()):
         raise UserError(f"run directory {folder.path} already exists and is not empty: choose "
                         "another --run-dir, or continue it with --resume")
-    folder.checkpoints.mkdir(parents=True, exist_ok=True)
-    folder.write_recipe(plan.recipe)
+    try:
+        folder.checkpoints.mkdir(parents=True, exist_ok=True)
+        folder.write_recipe(plan.recipe)
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {folder.path}: {exc.strerror}: choose "
+                        "another --run-dir (or launch.output_dir)") from None
     return folder
+
+
+INTERRUPTS = (128 + signal.SIGHUP, 128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 class _Interrupted(Exception):
@@ -144,24 +160,27 @@ def launch(plan: Plan, as_json: bool = False) -> int:
         info["previous"] = previous
     folder.write_manifest(info)
     view = make_view(plan, as_json=as_json)
+    guard = Guard(folder)
     with folder.metrics_file.open("a") as metrics, RankLogs(folder, plan.np) as logs:
         stream = _Stream(plan, info, view, metrics, logs)
         view.begin()
-        code, notes = _supervise(plan, stream)
+        code, notes = _supervise(plan, stream, spare=(guard.proc.pid,))
     lines = notes + (stream.diagnosis.summary(code) if code not in (0, 124) and code < 128 else [])
     if code == 124:
         lines += [x for x in stream.diagnosis.summary(code) if x.startswith("Horovod stall")]
     if code != 0:
         lines += _resume_hint(plan)
     info["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    info["status"] = "finished" if code == 0 else "interrupted" if code in INTERRUPTS else "failed"
     info["exit_status"] = code
     info["failure"] = lines or None
     folder.write_manifest(info)
+    guard.release()
     view.end(code, lines)
     return code
 
 
-def _supervise(plan: Plan, stream: _Stream) -> tuple[int, list[str]]:
+def _supervise(plan: Plan, stream: _Stream, spare: tuple[int, ...]) -> tuple[int, list[str]]:
     """Run horovodrun and feed its lines to ``stream`` until it ends, is interrupted, or the
     watchdog stops it; returns (exit code, notes for the failure block)."""
     from hvdtrain.launcher.failure import stall_report
@@ -170,12 +189,13 @@ def _supervise(plan: Plan, stream: _Stream) -> tuple[int, list[str]]:
     def on_signal(signum: int, _frame: object) -> None:
         raise _Interrupted(signum)
 
-    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: signal.signal(sig, on_signal)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
     watchdog = float(plan.recipe.train.watchdog_seconds)  # 0: off
     sup: Supervisor | None = None
     try:
-        sup = Supervisor(plan.argv, env)
+        sup = Supervisor(plan.argv, env, spare)
         while True:
             try:
                 raw = sup.next_line(timeout=0.5)
@@ -224,10 +244,10 @@ def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
 
 
 def _resume_hint(plan: Plan) -> list[str]:
-    found = RunDir(plan.run_dir).list_checkpoints()
-    if not found:
-        return ["no checkpoint was written; start again with the same command"]
-    epoch, path = found[-1]
+    found = RunDir(plan.run_dir).newest_complete_checkpoint()
+    if found is None:
+        return ["no complete checkpoint was written: nothing to resume"]
+    epoch, path = found
     recipe = shlex.quote(str(RunDir(plan.run_dir).recipe_file))
     return [f"last checkpoint: {path} (epoch {epoch} complete)",
             f"resume with: hvdtrain run {recipe} --resume {shlex.quote(str(plan.run_dir))}"]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from hvdtrain.errors import UserError
 from hvdtrain.launcher.hosts import Host, HostList, assign, parse_hostfile, parse_hosts_arg
-from hvdtrain.recipe import LoadedRecipe, Recipe, load_recipe, lr_config
+from hvdtrain.machine import horovod_build_info
+from hvdtrain.recipe import LoadedRecipe, Recipe, load_recipe, lr_config, recipe_warnings
 from hvdtrain.rundir import RunDir, default_run_dir
 from hvdtrain.schedule import lr_at, peak_lr, steps_per_epoch, warmup_steps
 
@@ -50,6 +51,7 @@ class Plan:
     argv: list[str]
     run_dir: Path
     resume: bool = False
+    epochs_done: int = 0  # with resume: the newest complete checkpoint's epoch
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -77,8 +79,66 @@ def plan_run(recipe: str, overrides: list[str] | None = None, *, np: int | None 
                             "--resume continues the run in its own directory; drop --run-dir")
     else:
         folder = Path(run_dir).resolve() if run_dir else default_run_dir(loaded)
-    return build_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, run_dir=folder,
+    plan = build_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, run_dir=folder,
                       resume=bool(resume))
+    check_controller(plan.recipe, horovod_build_info())
+    check_memory(plan, _memory_bytes())
+    if resume:
+        newest = RunDir(folder).newest_complete_checkpoint()
+        plan.epochs_done = newest[0] if newest else 0
+        if plan.epochs_done >= plan.recipe.train.epochs:
+            plan.warnings.append(nothing_to_do(plan))
+    return plan
+
+
+def nothing_to_do(plan: Plan) -> str:
+    return (f"nothing to do: {plan.run_dir} has completed {plan.epochs_done} epoch(s) and "
+            f"train.epochs is {plan.recipe.train.epochs}; to train longer, resume with a larger "
+            f"train.epochs, e.g. train.epochs={plan.epochs_done + plan.recipe.train.epochs}")
+
+
+def check_controller(recipe: Recipe, build: dict | None) -> None:
+    """launch.controller must be one the installed Horovod was built with (recorded at install)."""
+    controller = recipe.launch.controller
+    if build is None or build.get("controllers", {}).get(controller, True):
+        return
+    have = ", ".join(k for k, v in build["controllers"].items() if v) or "none"
+    raise UserError(f"launch.controller={controller}, but the installed Horovod was built without "
+                    f"{controller.upper()} (controllers: {have}): use launch.controller=gloo, or "
+                    f"rebuild Horovod with {'mpicxx' if controller == 'mpi' else controller} "
+                    "available (python -m hvdtrain.setup.horovod_build --force)")
+
+
+def dataset_bytes(recipe: Recipe) -> int:
+    """Bytes one worker holds for its in-memory data set (float32 images, int64 labels)."""
+    data = recipe.data
+    if data.dataset == "synthetic":
+        c, h, w = data.synthetic.image_shape
+        per_image = c * h * w
+    else:
+        per_image = {"digits": 64, "mnist": 28 * 28, "cifar10": 3 * 32 * 32}[data.dataset]
+    return sum(dataset_sizes(recipe)) * (4 * per_image + 8)
+
+
+def check_memory(plan: Plan, total: int) -> None:
+    """Every worker loads the whole data set into memory: refuse what cannot fit on a host (each
+    host is assumed to have this machine's memory)."""
+    per_worker = dataset_bytes(plan.recipe)
+    busiest = max(plan.hosts, key=lambda h: h.slots)
+    need = per_worker * busiest.slots
+    if need > total:
+        gib = 1 << 30
+        raise UserError(f"the data set needs about {per_worker / gib:,.1f} GiB in every worker "
+                        f"({need / gib:,.1f} GiB for the {busiest.slots} worker(s) on "
+                        f"{busiest.name}), more than this machine's {total / gib:,.1f} GiB: lower "
+                        "data.synthetic.train_samples / eval_samples or image_shape, or use fewer "
+                        "workers per host")
+
+
+def _memory_bytes() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
 
 
 def check_resumable(folder: RunDir, recipe: Recipe, given: str) -> None:
@@ -87,6 +147,12 @@ def check_resumable(folder: RunDir, recipe: Recipe, given: str) -> None:
         raise UserError(f"cannot resume {given}: no recipe.yaml there (is it an hvdtrain run "
                         "directory?)")
     saved = load_recipe(str(folder.recipe_file)).recipe  # an edited one gets file:line errors
+    recorded = (folder.read_manifest() or {}).get("recipe_resolved")
+    if isinstance(recorded, dict):  # what the checkpoints were trained with, even if recipe.yaml
+        try:                        # was edited since
+            saved = Recipe.model_validate(recorded)
+        except ValueError:
+            pass  # a manifest from another version: recipe.yaml is all we have
     conflicts = resume_conflicts(saved, recipe)
     if conflicts:
         raise UserError(f"cannot resume {given}: the recipe changes what its checkpoints depend "
@@ -119,6 +185,19 @@ def dataset_sizes(recipe: Recipe) -> tuple[int, int]:
     return DATASET_SIZES[recipe.data.dataset]
 
 
+def check_discovery_script(script: str) -> None:
+    """horovodrun runs ``elastic.host_discovery_script`` on this host: it must be an executable
+    file (not a command line)."""
+    path = Path(script).expanduser()
+    if not path.is_file():
+        raise UserError(f"elastic.host_discovery_script {script!r} is not a file: give the path of "
+                        "an executable script that prints one 'host:slots' per line (a command "
+                        "with arguments is not allowed: put it in a script)")
+    if not os.access(path, os.X_OK):
+        raise UserError(f"elastic.host_discovery_script {script} is not executable: "
+                        f"chmod +x {shlex.quote(script)}")
+
+
 def placement(hosts: list[Host]) -> list[Placement]:
     """horovodrun fills hosts in -H order: ranks 0..s1-1 on the first host, and so on."""
     out, rank = [], 0
@@ -135,7 +214,8 @@ def build_argv(recipe: Recipe, hosts: list[Host], np: int, worker: list[str], *,
     hv, launch, elastic = recipe.horovod, recipe.launch, recipe.elastic
     argv = [horovodrun, "-np", str(np)]
     if elastic and elastic.host_discovery_script:
-        argv += ["--host-discovery-script", elastic.host_discovery_script]
+        # horovodrun runs the script through /bin/sh: quoted, the shell sees one word.
+        argv += ["--host-discovery-script", shlex.quote(elastic.host_discovery_script)]
     else:
         # Always a normalized -H covering exactly np slots, never the user's hostfile.
         argv += ["-H", ",".join(f"{h.name}:{h.slots}" for h in hosts)]
@@ -193,6 +273,10 @@ def default_horovodrun() -> str:
 def resolve_hosts(recipe: Recipe, np: int | None, hosts: str | None,
                   hostfile: str | None) -> HostList:
     """--hosts / --hostfile beat the recipe's; with none, this machine with np (or all cores) slots."""
+    for flag, value in (("--hosts", hosts), ("--hostfile", hostfile)):
+        if value is not None and not value.strip():
+            raise UserError(f"{flag} is empty: give {'host:slots,...' if flag == '--hosts' else 'a path'}"
+                            ", or leave it out to run on this machine")
     if hosts and hostfile:
         raise UserError("give either --hosts or --hostfile, not both")
     if hosts:
@@ -213,6 +297,8 @@ def build_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None
     recipe = loaded.recipe
     if np is not None and np < 1:
         raise UserError(f"--np must be at least 1, got {np}")
+    if recipe.elastic and recipe.elastic.host_discovery_script:
+        check_discovery_script(recipe.elastic.host_discovery_script)
     host_list = resolve_hosts(recipe, np, hosts, hostfile)
     world = np or recipe.launch.np or host_list.total_slots
     assigned = assign(host_list, world)
@@ -244,7 +330,7 @@ def build_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None
         global_batch=recipe.data.batch_size * world * recipe.horovod.backward_passes_per_step,
         steps_per_epoch=spe, base_lr=recipe.optimizer.base_lr, peak_lr=peak_lr(cfg, world),
         warmup_steps=warm, lr_points=points, env=env, argv=argv, run_dir=run_dir, resume=resume,
-        warnings=list(host_list.warnings))
+        warnings=[*recipe_warnings(recipe), *host_list.warnings])
 
 
 def plan_dict(plan: Plan) -> dict:
@@ -272,6 +358,7 @@ def plan_dict(plan: Plan) -> dict:
         "command": plan.command,
         "run_dir": str(plan.run_dir),
         "resume": plan.resume,
+        "epochs_done": plan.epochs_done,
         "warnings": plan.warnings,
         "recipe_resolved": plan.recipe.model_dump(mode="json"),
     }

@@ -2,7 +2,9 @@
 keep a watchdog and react to signals while waiting), and stopping it stops every process under it.
 
 hvdtrain makes itself a child subreaper (Linux), so workers that horovodrun leaves behind are
-re-parented to hvdtrain instead of init and can still be found and ended: no orphans.
+re-parented to hvdtrain instead of init and can still be found and ended: no orphans. If hvdtrain
+itself dies, horovodrun gets SIGKILL (PR_SET_PDEATHSIG; its per-rank middlemen then stop the
+workers) and a guard process (guard.py) marks the run directory's manifest as killed.
 """
 
 from __future__ import annotations
@@ -17,25 +19,38 @@ import time
 
 import psutil
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 _EOF = object()
 
 
-def become_subreaper() -> bool:
+def _prctl(option: int, value: int) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return libc.prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
 
 
+def become_subreaper() -> bool:
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _die_with_parent() -> None:
+    """In the horovodrun child, before exec: SIGKILL when hvdtrain dies, however it dies."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Supervisor:
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], spare: tuple[int, ...] = ()) -> None:
+        """``spare``: pids of our children that are not part of the job (the run's guard)."""
         become_subreaper()
+        self.spare = spare
         # A new session: a terminal's Ctrl-C reaches hvdtrain only, which then stops the job in order.
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, text=True, bufsize=1,
-                                     errors="replace", start_new_session=True)
+                                     errors="replace", start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         self._queue: queue.Queue[object] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -57,11 +72,12 @@ class Supervisor:
         return item  # type: ignore[return-value]
 
     def descendants(self) -> list[psutil.Process]:
-        """horovodrun and everything under it, plus orphans re-parented to us."""
+        """horovodrun and everything under it, plus orphans re-parented to us (not the guard)."""
         try:
-            return psutil.Process().children(recursive=True)
+            found = psutil.Process().children(recursive=True)
         except psutil.Error:
             return []
+        return [p for p in found if p.pid not in self.spare]
 
     def stop(self, grace: float = 10.0) -> int:
         """SIGTERM every process under us, SIGKILL what is left after ``grace`` s. Returns how many."""

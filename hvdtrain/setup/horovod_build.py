@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hvdtrain import HOROVOD_VERSION
-from hvdtrain.machine import installed_version
+from hvdtrain.machine import BUILD_INFO, horovod_build_info, horovod_dir, installed_version
 
 PATCH = Path(__file__).parent.parent / "patches" / f"horovod-{HOROVOD_VERSION}.patch"
 # What Horovod's setup.py needs importable when it runs without build isolation.
@@ -187,6 +187,8 @@ def ensure_horovod(cache_dir: Path, force: bool = False) -> str:
     built_for = horovod_built_torch()
     if not force and installed_version("horovod") == cfg.horovod and built_for == cfg.torch:
         say(f"Horovod {cfg.horovod} already installed, built against torch {cfg.torch}: nothing to do")
+        if horovod_build_info() is None:
+            record_build_info()
         return "present"
     if built_for and built_for != cfg.torch:
         say(f"installed Horovod was built against torch {built_for}, torch is now {cfg.torch}: rebuilding")
@@ -207,7 +209,27 @@ def ensure_horovod(cache_dir: Path, force: bool = False) -> str:
     # ...then resolve its runtime deps from the wheel's own metadata.
     pip("install", "--quiet", str(wheel))
     say(f"Horovod {cfg.horovod} ({'+'.join(cfg.flags)}) installed from {action} wheel")
+    record_build_info()
     return action
+
+
+BUILD_PROBE = """import json, torch, horovod.torch as hvd
+print(json.dumps({"controllers": {"gloo": bool(hvd.gloo_built()), "mpi": bool(hvd.mpi_built())},
+                  "nccl": bool(hvd.nccl_built()), "torch": torch.__version__}))"""
+
+
+def record_build_info() -> dict:
+    """Ask the installed Horovod (in a child) how it was built, and record it beside the package
+    so the CLI can check launch.controller without importing torch or horovod."""
+    out = subprocess.run([sys.executable, "-c", BUILD_PROBE], capture_output=True, text=True)
+    folder = horovod_dir()
+    if out.returncode != 0 or folder is None:
+        raise BuildError(f"the installed Horovod does not load: {out.stderr.strip()[-500:]}")
+    info = json.loads(out.stdout)
+    (folder / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    say(f"recorded the build in {folder / BUILD_INFO}: controllers "
+        + ", ".join(k for k, v in info["controllers"].items() if v))
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:

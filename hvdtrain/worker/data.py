@@ -133,10 +133,35 @@ def load_mnist(folder: Path) -> Dataset:
                    torch.from_numpy(arrays["eval_labels"].astype(np.int64)), 10)
 
 
+# Everything the official CIFAR-10 python batches (and re-pickled copies of them) reference:
+# numpy array reconstruction and bytes. Any other global is refused, so a crafted "batch" cannot
+# run code (pickle calls whatever global a file names).
+CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle names a global that the data format never needs."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise RefusedPickle(f"refused to load {module}.{name}: a CIFAR-10 batch holds only "
+                                "dicts, lists, bytes, numbers and numpy arrays (the file is not an "
+                                "official batch, or was crafted to run code)")
+        return super().find_class(module, name)
+
+
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with path.open("rb") as fh:
-        # The official CIFAR-10 format is a python pickle; only load files from a directory you trust.
-        batch = pickle.load(fh, encoding="bytes")
+        batch = _RestrictedUnpickler(fh, encoding="bytes").load()
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path.name}: expected a dict of b'data' and b'labels', got "
+                         f"{type(batch).__name__}")
     data, labels = batch.get(b"data"), batch.get(b"labels")
     if data is None or labels is None:
         raise ValueError(f"{path.name}: no b'data'/b'labels' entries")
@@ -158,7 +183,10 @@ def load_cifar10(folder: Path) -> Dataset:
             raise DataError(f"CIFAR-10 file missing: {path} (expected in {folder}: {expected})")
         try:
             parts.append(_cifar_batch(path))
-        except (ValueError, OSError, EOFError, pickle.UnpicklingError, AttributeError) as exc:
+        except RefusedPickle as exc:
+            raise DataError(f"CIFAR-10 file {path}: {exc}") from None
+        except (ValueError, OSError, EOFError, pickle.UnpicklingError, AttributeError,
+                TypeError) as exc:
             raise DataError(f"CIFAR-10 file malformed: {path}: {exc}") from None
     train_x = np.concatenate([p[0] for p in parts[:-1]])
     train_y = np.concatenate([p[1] for p in parts[:-1]])
