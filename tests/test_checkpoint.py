@@ -71,3 +71,17 @@ def test_weights_only_refuses_arbitrary_objects(tmp_path: Path) -> None:
     loaded = checkpoint.load_latest(tmp_path)
     assert loaded is not None and loaded.state["epoch"] == 1
     assert not marker.exists()
+
+
+def test_the_launcher_names_only_a_complete_checkpoint(tmp_path: Path) -> None:
+    """Without torch: a zero-byte or truncated newest file is not "epoch N complete"."""
+    from hvdtrain.rundir import RunDir
+
+    folder = RunDir(tmp_path)
+    checkpoint.save(folder.checkpoints, 1, state(1), keep=3)
+    second = checkpoint.save(folder.checkpoints, 2, state(2), keep=3)
+    third = checkpoint.save(folder.checkpoints, 3, state(3), keep=3)
+    assert folder.newest_complete_checkpoint() == (3, third)
+    third.write_bytes(b"")
+    second.write_bytes(second.read_bytes()[:-30])
+    assert folder.newest_complete_checkpoint() == (1, folder.checkpoints / "epoch-0001.pt")

@@ -82,11 +82,11 @@ def test_rank_killed_mid_step_reports_the_signal(run_cli, run_dir) -> None:
 
 
 def test_hung_rank_is_named_by_the_watchdog(run_cli, run_dir) -> None:
-    proc, seconds = timed(run_cli, "run", "digits-cnn", "train.watchdog_seconds=8",
+    proc, seconds = timed(run_cli, "run", "digits-cnn", "train.watchdog_seconds=10",
                           fault_env(action="hang", rank=1, epoch=1, step=3), "--run-dir", str(run_dir))
     assert proc.returncode == 124
     assert seconds < 40
-    assert "no progress from the workers for 8 s (train.watchdog_seconds=8): stopped the run" \
+    assert "no progress from the workers for 10 s (train.watchdog_seconds=10): stopped the run" \
         in proc.stdout
     assert ("rank(s) 0 wait in the gradient allreduce of epoch 1 step 3; missing: rank(s) 1 "
             "(rank 1: compute epoch 1 step 3)") in proc.stdout
@@ -109,10 +109,11 @@ def test_rank0_killed_while_writing_a_checkpoint_keeps_the_previous_one(run_cli,
     assert sorted(p.name for p in ckpts.glob("epoch-*.pt")) == ["epoch-0001.pt", "epoch-0002.pt"]
 
 
-def test_truncated_newest_checkpoint_falls_back_with_a_warning(run_cli, run_dir) -> None:
+@pytest.mark.parametrize("keep", [1000, 0], ids=["truncated", "zero-byte"])
+def test_truncated_newest_checkpoint_falls_back_with_a_warning(run_cli, run_dir, keep) -> None:
     assert run_cli("run", "digits-cnn", "train.epochs=2", "--run-dir", str(run_dir)).returncode == 0
     newest = run_dir / "checkpoints" / "epoch-0002.pt"
-    newest.write_bytes(newest.read_bytes()[:1000])
+    newest.write_bytes(newest.read_bytes()[:keep])
     proc = run_cli("run", str(run_dir / "recipe.yaml"), "train.epochs=3", "--resume", str(run_dir),
                    "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -154,10 +155,11 @@ def test_inf_gradient_stops_every_rank_at_the_same_step(run_cli, run_dir) -> Non
             "rank(s) 1. Stopped every rank before the update") in proc.stdout
     assert "gradient_predivide_factor" in proc.stdout
     # The message comes from rank 0 after an allgather that every rank joined at that step; both
-    # ranks then exit 4 (unless horovodrun terminates the slower one first: 143).
+    # ranks then exit 4 (unless horovodrun terminates the slower one first: 143, and then it may
+    # not report that rank at all).
     log = (run_dir / "logs" / "horovodrun.log").read_text()
     codes = {r: c for r, c in re.findall(r"Process (\d) exit with status code (\d+)\.", log)}
-    assert codes["0"] in ("4", "143") and codes["1"] in ("4", "143") and "4" in codes.values()
+    assert set(codes.values()) <= {"4", "143"} and "4" in codes.values(), log
     for ckpt in (run_dir / "checkpoints").glob("epoch-*.pt"):
         state = torch.load(ckpt, weights_only=True)
         assert all(torch.isfinite(t).all() for t in state["model"].values())
@@ -180,7 +182,8 @@ def test_rank_late_to_rendezvous_names_the_timeout_setting(run_cli, run_dir) -> 
             "horovod.gloo_timeout_seconds (now 5 s) and launch.start_timeout (now 5 s)") in proc.stdout
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                         (signal.SIGHUP, 129)])
 def test_interrupt_stops_all_workers_and_keeps_the_checkpoint(run_dir, sig, code) -> None:
     proc = subprocess.Popen([str(BIN / "hvdtrain"), "run", "digits-cnn", "train.epochs=50",
                              "--run-dir", str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -199,6 +202,34 @@ def test_interrupt_stops_all_workers_and_keeps_the_checkpoint(run_dir, sig, code
     assert leftovers(str(run_dir)) == []
     newest = sorted((run_dir / "checkpoints").glob("epoch-*.pt"))[-1]
     assert torch.load(newest, weights_only=True)["epoch"] >= 1
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert (manifest["status"], manifest["exit_status"]) == ("interrupted", code)
+
+
+def test_killed_hvdtrain_leaves_no_workers_and_a_run_marked_killed(run_dir) -> None:
+    """SIGKILL (or the OOM killer) to `hvdtrain run` itself: it can clean up nothing, so
+    horovodrun dies with it (PR_SET_PDEATHSIG) and the guard marks the manifest."""
+    proc = subprocess.Popen([str(BIN / "hvdtrain"), "run", "digits-cnn", "train.epochs=50",
+                             "--run-dir", str(run_dir)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list((run_dir / "checkpoints").glob("epoch-*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    manifest: dict = {}
+    while time.monotonic() < deadline:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        if manifest["status"] == "killed" and not leftovers(str(run_dir)):
+            break
+        time.sleep(0.2)
+    assert leftovers(str(run_dir)) == [], "workers outlived a killed hvdtrain"
+    assert manifest["status"] == "killed" and manifest["exit_status"] is None
+    assert manifest["failure"][0].startswith(f"the hvdtrain process (pid {proc.pid}) died before "
+                                             "the run ended")
+    assert manifest["failure"][1] == (f"resume with: hvdtrain run {run_dir}/recipe.yaml "
+                                      f"--resume {run_dir}")
 
 
 def test_injection_strings_in_values_stay_inert(run_cli, run_dir, tmp_path: Path) -> None:

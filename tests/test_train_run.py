@@ -65,7 +65,8 @@ def test_run_directory_contents(digits_run) -> None:
     assert state["epoch"] == 12 and state["global_step"] == 12 * 22
     logs = run_dir / "logs"
     assert sorted(str(p.relative_to(logs)) for p in logs.rglob("*") if p.is_file()) == [
-        "rank.0/stderr", "rank.0/stdout", "rank.1/stderr", "rank.1/stdout"]
+        "horovodrun.log", "rank.0/stderr", "rank.0/stdout", "rank.1/stderr", "rank.1/stdout"]
+    assert manifest["status"] == "finished"
     assert '"event":"done"' in (logs / "rank.0" / "stdout").read_text()
 
 
@@ -142,3 +143,31 @@ def test_existing_run_dir_is_not_overwritten(tmp_path: Path, run_cli) -> None:
     assert proc.stderr == (f"error: run directory {run_dir} already exists and is not empty: "
                            "choose another --run-dir, or continue it with --resume\n")
     assert (run_dir / "keep.txt").read_text() == "precious"
+
+
+def test_resume_of_a_finished_run_does_nothing(digits_run, run_cli) -> None:
+    run_dir, _ = digits_run
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    proc = run_cli("run", str(run_dir / "recipe.yaml"), "--resume", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (f"nothing to do: {run_dir} has completed 12 epoch(s) and train.epochs "
+                           "is 12; to train longer, resume with a larger train.epochs, e.g. "
+                           "train.epochs=24\n")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_resume_after_editing_the_saved_recipe_is_refused(digits_run, run_cli,
+                                                          tmp_path: Path) -> None:
+    """The checkpoints were trained with width 32: an edited recipe.yaml cannot change that."""
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(digits_run[0], run_dir)
+    saved = run_dir / "recipe.yaml"
+    saved.write_text(saved.read_text().replace("width: 32", "width: 16"))
+    proc = run_cli("run", str(saved), "train.epochs=13", "--resume", str(run_dir))
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: cannot resume {run_dir}: the recipe changes what its "
+                           "checkpoints depend on; use the original values or start a new run:\n"
+                           "  model.width: 32 -> 16\n")
+    assert not (run_dir / "logs" / "rank.0" / "stdout").read_text().count("resumed")
