@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,6 +78,22 @@ def test_elastic_flags_with_hosts_and_with_discovery_script() -> None:
     argv = build_argv(r, [Host("n1", 1)], 2, WORKER)
     assert argv[:10] == ["horovodrun", "-np", "2", "--host-discovery-script", "/opt/discover.sh",
                          "--min-np", "1", "--elastic-timeout", "600", "--gloo"]
+
+
+def test_a_discovery_script_path_with_a_space_reaches_the_shell_as_one_word(tmp_path: Path) -> None:
+    """horovodrun runs the script through /bin/sh (safe_shell_exec, shell=True): the argv value
+    must be one shell word, and a command line must not run."""
+    folder = tmp_path / "my dir"
+    folder.mkdir()
+    script = folder / "disc.sh"
+    script.write_text("#!/bin/sh\necho node1:1\necho node2:1\n")
+    script.chmod(0o755)
+    r = recipe(elastic={"min_np": 1, "host_discovery_script": str(script)})
+    argv = build_argv(r, [], 2, WORKER)
+    value = argv[argv.index("--host-discovery-script") + 1]
+    assert value == f"'{script}'"
+    out = subprocess.run(value, shell=True, capture_output=True, text=True)  # what horovodrun does
+    assert (out.returncode, out.stdout) == (0, "node1:1\nnode2:1\n")
 
 
 def test_env_passing_goes_through_the_process_environment(tmp_path: Path) -> None:

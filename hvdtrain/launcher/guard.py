@@ -62,22 +62,13 @@ def stop_leftovers(run_dir: RunDir, grace: float = 10.0) -> int:
     """End every horovodrun or worker process of this run still alive on this host."""
     import psutil
 
+    from hvdtrain.launcher.supervisor import terminate_all
+
     def of_this_run(args: list[str]) -> bool:
         return any(a == "--run-dir" and b == str(run_dir.path) for a, b in zip(args, args[1:]))
 
     procs = [p for p in psutil.process_iter(["cmdline"]) if of_this_run(p.info["cmdline"] or [])]
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    return len(procs)
+    return terminate_all(procs, grace)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,23 @@ def _die_with_parent() -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def terminate_all(procs: list[psutil.Process], grace: float) -> int:
+    """SIGTERM ``procs``, SIGKILL those still alive after ``grace`` s; returns how many."""
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return len(procs)
+
+
 class Supervisor:
     def __init__(self, argv: list[str], env: dict[str, str], spare: tuple[int, ...] = ()) -> None:
         """``spare``: pids of our children that are not part of the job (the run's guard)."""
@@ -81,21 +98,9 @@ class Supervisor:
 
     def stop(self, grace: float = 10.0) -> int:
         """SIGTERM every process under us, SIGKILL what is left after ``grace`` s. Returns how many."""
-        procs = self.descendants()
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=grace)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        stopped = terminate_all(self.descendants(), grace)
         self.reap()
-        return len(procs)
+        return stopped
 
     def wait(self) -> int:
         code = self.proc.wait()

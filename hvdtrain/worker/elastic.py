@@ -34,16 +34,15 @@ def run(job: Job, resume: bool) -> int:
     if outcome != WorkerExit.OK:
         return outcome
     state.save()  # the first sync inside hvd.elastic.run broadcasts the *saved* state from rank 0
-    return _train(state, job, restored_from, [False])
+    return _train(state, job, restored_from)
 
 
 @hvd.elastic.run
-def _train(state, job: Job, restored_from: str, announced: list[bool]) -> int:
+def _train(state, job: Job, restored_from: str) -> int:
     """Runs again from the last commit after every reset (Horovod re-synchronises ``state``)."""
     hosts = share_cores()  # again after every reset: the world may have changed
-    if not announced[0]:
+    if state.resets == 0:  # the first entry (on_reset counts every later one)
         announce_start(job, state, hosts, restored_from)
-        announced[0] = True
     commit_every = job.recipe.elastic.commit_every
 
     def after_step(step: int) -> None:

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import horovod.torch as hvd
 import torch
@@ -42,6 +42,18 @@ from hvdtrain.worker.optim import (
     set_lr,
     state_hash,
 )
+
+
+class Counters(Protocol):
+    """Where training stands: a ``Progress`` (normal mode) or Horovod's ``TorchState`` (elastic
+    mode, which commits, restores and broadcasts them)."""
+
+    epoch: int
+    batch: int
+    global_step: int
+    eval_loss: float
+    eval_acc: float
+    resets: int
 
 
 @dataclass
@@ -116,7 +128,7 @@ def share_cores() -> list[str]:
 
 # --- resume and start ---------------------------------------------------------------------------
 
-def restore(job: Job, counters: Any) -> tuple[WorkerExit, str]:
+def restore(job: Job, counters: Counters) -> tuple[WorkerExit, str]:
     """Every rank: continue after rank 0's newest valid checkpoint. Rank 0 loads it into the model
     and optimizer (the caller's broadcast or state sync spreads them); returns (outcome, path)."""
     epoch, path = restore_checkpoint(job) if hvd.rank() == 0 else (0, "")
@@ -150,7 +162,7 @@ def restore_checkpoint(job: Job) -> tuple[int, str]:
     return int(loaded.state["epoch"]), str(loaded.path)
 
 
-def announce_start(job: Job, counters: Any, hosts: list[str], restored_from: str) -> None:
+def announce_start(job: Job, counters: Counters, hosts: list[str], restored_from: str) -> None:
     """Every rank, once synchronised: ``resumed`` (with every rank's optimizer-state hash, to show
     the restore reached all of them) and rank 0's ``start`` event."""
     if counters.epoch > 0:
@@ -271,7 +283,7 @@ def report_nonfinite(job: Job, epoch: int, step: int, global_step: int,
 
 # --- epochs -------------------------------------------------------------------------------------
 
-def epoch_batches(job: Job, counters: Any, spe: int) -> Iterator[tuple[int, torch.Tensor]]:
+def epoch_batches(job: Job, counters: Counters, spe: int) -> Iterator[tuple[int, torch.Tensor]]:
     """The rest of the current epoch: from step ``counters.batch`` up to ``spe``, cut from this
     rank's share of the not-yet-processed samples."""
     indices = list(job.sampler)
@@ -279,7 +291,7 @@ def epoch_batches(job: Job, counters: Any, spe: int) -> Iterator[tuple[int, torc
     return step_batches(indices, counters.batch, steps, job.per_step)
 
 
-def run_steps(job: Job, counters: Any, spe: int, meter: Meter,
+def run_steps(job: Job, counters: Counters, spe: int, meter: Meter,
               after_step: Callable[[int], None] | None) -> float:
     """The steps of the current epoch; emits ``step`` events; returns the last LR."""
     epoch, rank, size = counters.epoch + 1, hvd.rank(), hvd.size()
@@ -310,7 +322,7 @@ def run_steps(job: Job, counters: Any, spe: int, meter: Meter,
     return lr
 
 
-def end_epoch(job: Job, counters: Any, meter: Meter, lr: float) -> None:
+def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
     """Every rank: evaluation when due; rank 0: the ``epoch`` event and the checkpoint when due."""
     epoch, train = counters.epoch + 1, job.recipe.train
     last = epoch == train.epochs
@@ -333,7 +345,7 @@ def end_epoch(job: Job, counters: Any, meter: Meter, lr: float) -> None:
         save_checkpoint(job, epoch, counters.global_step)
 
 
-def train_epochs(job: Job, counters: Any, after_step: Callable[[int], None] | None = None,
+def train_epochs(job: Job, counters: Counters, after_step: Callable[[int], None] | None = None,
                  after_epoch: Callable[[], None] | None = None) -> int:
     """Train from ``counters`` to the last epoch, then ``finish``. Returns a ``WorkerExit``."""
     rank = hvd.rank()
@@ -391,7 +403,7 @@ def evaluate(job: Job) -> tuple[float, float]:
     return (total[0] / total[2]).item(), (total[1] / total[2]).item()
 
 
-def finish(job: Job, counters: Any) -> None:
+def finish(job: Job, counters: Counters) -> None:
     """Every rank: prove the replicas agree and ran the same steps; rank 0 reports ``done``."""
     job.beat.at("finish", counters.epoch, counters.batch)
     sync_buffers(job.model)
