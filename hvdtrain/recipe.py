@@ -70,34 +70,69 @@ class SyntheticConfig(_Section):
     eval_samples: PosInt = 1024
 
 
+IN_MEMORY = ("digits", "synthetic", "mnist", "cifar10")  # loaded whole into every worker
+COMPONENT = re.compile(r"^[^\W\d]\w*(\.[^\W\d]\w*)*:[^\W\d]\w*$")
+MAX_LOADER_WORKERS = 64
+Channel = Annotated[float, NotBool, Field(ge=-1e3, le=1e3)]
+
+
+def _component(value: str | None, key: str) -> str | None:
+    if value is not None and not COMPONENT.match(value):
+        raise ValueError(f"{value!r} is not \"package.module:factory\" (a module path, one ':', "
+                         f"then the function or class to call), e.g. {key}: "
+                         "\"examples.custom_model:build\"")
+    return value
+
+
 class DataConfig(_Section):
-    dataset: Literal["digits", "synthetic", "mnist", "cifar10"] = "digits"
+    dataset: Literal["digits", "synthetic", "mnist", "cifar10", "imagefolder", "component"] = \
+        "digits"
     data_dir: str | None = None
     batch_size: PosInt = 32
     eval_batch_size: PosInt = 256
+    loader_workers: Annotated[int, NotBool, Field(ge=0, le=MAX_LOADER_WORKERS)] = 0
+    image_size: Annotated[int, NotBool, Field(ge=8, le=4096)] = 224  # imagefolder
+    augment: bool = True  # imagefolder: random-resized crop + horizontal flip for training
+    mean: tuple[Channel, Channel, Channel] = (0.485, 0.456, 0.406)  # imagefolder (ImageNet's)
+    std: tuple[PosFloat, PosFloat, PosFloat] = (0.229, 0.224, 0.225)
+    on_bad_image: Literal["stop", "skip"] = "stop"  # imagefolder: an image that fails to decode
+    component: str | None = None  # dataset: component -> "package.module:factory"
+    kwargs: dict[str, Any] = {}  # passed to the data component
     synthetic: SyntheticConfig = SyntheticConfig()
 
-    @model_validator(mode="before")
+    @field_validator("component")
     @classmethod
-    def _removed_keys(cls, values: object) -> object:
-        if isinstance(values, dict) and "loader_workers" in values:
-            raise ValueError("loader_workers is no longer a key (it never had an effect: data sets "
-                             "are held in memory and no loader processes run): delete it")
-        return values
+    def _component_form(cls, v: str | None) -> str | None:
+        return _component(v, "data.component")
 
     @model_validator(mode="after")
-    def _needs_dir(self) -> DataConfig:
-        if self.dataset in ("mnist", "cifar10") and not self.data_dir:
-            raise ValueError(f"dataset {self.dataset!r} reads files: set data.data_dir to their directory")
+    def _consistent(self) -> DataConfig:
+        if self.dataset in ("mnist", "cifar10", "imagefolder") and not self.data_dir:
+            raise ValueError(f"dataset {self.dataset!r} reads files: set data.data_dir to their "
+                             "directory")
+        if (self.dataset == "component") != (self.component is not None):
+            raise ValueError("dataset: component and component: \"package.module:factory\" go "
+                             "together: set both, or neither")
+        if self.loader_workers and self.dataset in IN_MEMORY:
+            raise ValueError(f"loader_workers applies to imagefolder and component data sets: "
+                             f"{self.dataset!r} is held in memory and loads nothing per step; "
+                             "set loader_workers: 0")
         _safe_path(self.data_dir, "data_dir")
         return self
 
 
 class ModelConfig(_Section):
-    arch: Literal["small_cnn", "resnet"] = "small_cnn"
+    arch: Literal["small_cnn", "resnet", "resnet18"] = "small_cnn"
     width: PosInt = 32  # channels of the first conv layer
     depth: Annotated[int, NotBool, Field(ge=1, le=8)] = 2  # residual blocks per stage (resnet)
     dropout: Fraction = 0.0
+    component: str | None = None  # your own model: "package.module:factory"
+    kwargs: dict[str, Any] = {}  # passed to the component with input_shape and num_classes
+
+    @field_validator("component")
+    @classmethod
+    def _component_form(cls, v: str | None) -> str | None:
+        return _component(v, "model.component")
 
 
 class OptimizerConfig(_Section):
@@ -132,6 +167,15 @@ class TrainConfig(_Section):
     max_steps_per_epoch: PosInt | None = None  # cap, for quick throughput runs
     on_nonfinite: Literal["stop", "skip"] = "stop"  # Inf/NaN gradients: stop the run, or skip the step
     watchdog_seconds: NonNegInt = 600  # end the run after this long without progress (0 = off)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: one GPU per rank when CUDA is there
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # compute (torch.autocast)
+
+    @model_validator(mode="after")
+    def _fp16_needs_cuda(self) -> TrainConfig:
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("precision: fp16 needs CUDA (fp16 autocast on CPU is slow and "
+                             "unsupported for many ops): use precision: bf16 on CPU")
+        return self
 
     @field_validator("watchdog_seconds")
     @classmethod

@@ -20,7 +20,8 @@ CASES = [
     # (id, extra args, files {name: text}, exact stderr with {d} = tmp dir)
     ("unknown-recipe", ["no-such-recipe"], {},
      "error: no recipe named 'no-such-recipe'; shipped recipes: cifar10-resnet, digits-cnn, "
-     "mnist-cnn, synthetic-bench (see `hvdtrain recipes`), or pass a path to a YAML file\n"),
+     "imagefolder-resnet, mnist-cnn, synthetic-bench (see `hvdtrain recipes`), or pass a path to a "
+     "YAML file\n"),
     ("typo-key", ["{d}/r.yaml"], {"r.yaml": "optimizer:\n  base_lrr: 0.1\n"},
      "error: recipe {d}/r.yaml is invalid (1 problem):\n"
      "  {d}/r.yaml:2: optimizer.base_lrr: unknown key (did you mean 'base_lr'?)\n"),
@@ -115,9 +116,10 @@ CASES = [
     ("milestones-with-cosine", ["digits-cnn", "optimizer.decay_epochs=[5]"], {},
      RECIPE + "override 'optimizer.decay_epochs=[5]': optimizer: decay_epochs applies only to "
      "decay: step (decay is 'cosine'): remove decay_epochs or set decay: step\n"),
-    ("loader-workers", ["digits-cnn", "data.loader_workers=2"], {},
-     RECIPE + "override 'data.loader_workers=2': data: loader_workers is no longer a key (it never "
-     "had an effect: data sets are held in memory and no loader processes run): delete it\n"),
+    ("loader-workers-for-data-in-memory", ["digits-cnn", "data.loader_workers=2"], {},
+     RECIPE + "override 'data.loader_workers=2': data: loader_workers applies to imagefolder and "
+     "component data sets: 'digits' is held in memory and loads nothing per step; set "
+     "loader_workers: 0\n"),
     ("watchdog-too-short", ["digits-cnn", "train.watchdog_seconds=1"], {},
      RECIPE + "override 'train.watchdog_seconds=1': train.watchdog_seconds: must be 0 (off) or at "
      "least 10 s: the ranks need time to start and to send heartbeats (every 2 s) before the "

@@ -77,8 +77,8 @@ def test_plain_view_prints_log_lines_without_control_codes(tmp_path: Path) -> No
     assert any(ln.startswith("epoch 1 step 11/22: loss 2.3034 acc 10.94% lr 0.15 ") for ln in lines)
     assert any(ln.startswith("epoch 2/2: train loss 1.3950 acc 50.99% | eval loss 0.8214 acc 74.44% |")
                for ln in lines)
-    assert "started: 2 ranks on vm, 89,930 parameters, gradients float16 on the wire " \
-           "(179,860 of 359,720 bytes)" in lines
+    assert "started: 2 ranks on vm, 89,930 parameters on cpu in fp32, gradients float16 on the " \
+           "wire (179,860 of 359,720 bytes)" in lines
     assert lines[-1] == (f"finished: eval accuracy 74.44%, model replicas identical on all ranks; "
                          f"run dir {tmp_path}")
 

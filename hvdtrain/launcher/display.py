@@ -90,9 +90,10 @@ def print_plan(console: Console, plan: Plan) -> None:
     rows = [
         ("recipe", f"{plan.recipe_name}: {r.description}"),
         ("data", f"{r.data.dataset}, {plan.train_samples} train / {plan.eval_samples} eval samples"),
-        ("model", f"{r.model.arch} (width {r.model.width})"),
+        ("model", r.model.component or f"{r.model.arch} (width {r.model.width})"),
         ("optimizer", f"{r.optimizer.name}, {r.optimizer.lr_scaling} LR scaling, "
                       f"{r.optimizer.warmup_epochs:g} warmup epoch(s), {r.optimizer.decay} decay"),
+        ("compute", f"{_device_text(r.train.device)}, precision {r.train.precision}"),
         ("epochs", str(r.train.epochs)),
         ("world size", f"{plan.np} process(es) on {len(plan.hosts)} host(s) from {plan.host_source}"),
         ("batch", f"{plan.batch_size} per worker x {plan.np} workers"
@@ -112,10 +113,11 @@ def print_plan(console: Console, plan: Plan) -> None:
     console.print(summary)
 
     ranks = Table(title="rank placement")
-    for col in ("rank", "host", "local rank"):
+    for col in ("rank", "host", "local rank", "device"):
         ranks.add_column(col)
     for p in plan.placement:
-        ranks.add_row(str(p.rank), escape(p.host), str(p.local_rank))
+        ranks.add_row(str(p.rank), escape(p.host), str(p.local_rank),
+                      _device_text(r.train.device, p.local_rank))
     lrs = Table(title="learning rate")
     for col in ("point", "step", "epoch", "lr"):
         lrs.add_column(col)
@@ -126,6 +128,12 @@ def print_plan(console: Console, plan: Plan) -> None:
     print_warnings(console, plan.warnings)
     console.print("[bold]horovodrun command:[/]")
     console.print(escape(plan.command), soft_wrap=True, highlight=False)
+
+
+def _device_text(setting: str, local_rank: int | None = None) -> str:
+    """What ``train.device`` means for a rank (the plan cannot see the hosts' GPUs)."""
+    gpu = "cuda" if local_rank is None else f"cuda:{local_rank}"
+    return {"cpu": "cpu", "cuda": gpu}.get(setting, f"{gpu} if CUDA is there, else cpu")
 
 
 def print_preflight(console: Console, report: dict) -> None:
@@ -224,8 +232,10 @@ class PlainView:
         kind = e["event"]
         if kind == "start":
             c = e["compression"]
+            devices = ", ".join(sorted(set(e.get("devices") or ["cpu"])))
             self.say(f"started: {e['world_size']} ranks on {', '.join(sorted(set(e['hosts'])))}, "
-                     f"{e['params']:,} parameters, gradients {c['wire_dtype']} on the wire "
+                     f"{e['params']:,} parameters on {devices} in {e.get('precision', 'fp32')}, "
+                     f"gradients {c['wire_dtype']} on the wire "
                      f"({c['wire_bytes']:,} of {c['grad_bytes']:,} bytes)")
         elif kind == "step":
             self.say(f"epoch {e['epoch']} step {e['step']}/{e['steps']}: {step_stats(e)}")

@@ -237,6 +237,8 @@ def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
     elif kind == "start":
         info["compression"] = ev.get("compression")
         info["worker_hosts"] = ev.get("hosts")
+        info["devices"] = ev.get("devices")
+        info["classes"] = ev.get("classes")  # image folders: what the checkpoints' indices mean
     elif kind == "done":
         info["param_hashes"] = ev.get("param_hashes")
         info["replicas_identical"] = ev.get("replicas_identical")

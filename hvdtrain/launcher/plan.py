@@ -5,16 +5,26 @@ no horovod. ``build_argv`` is pure, returns a list and is unit-tested list-for-l
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hvdtrain.errors import UserError
 from hvdtrain.launcher.hosts import Host, HostList, assign, parse_hostfile, parse_hosts_arg
+from hvdtrain.imagefolder import scan
 from hvdtrain.machine import horovod_build_info
-from hvdtrain.recipe import LoadedRecipe, Recipe, load_recipe, lr_config, recipe_warnings
+from hvdtrain.recipe import (
+    IN_MEMORY,
+    LoadedRecipe,
+    Recipe,
+    load_recipe,
+    lr_config,
+    recipe_warnings,
+)
 from hvdtrain.rundir import RunDir, default_run_dir
 from hvdtrain.schedule import lr_at, peak_lr, steps_per_epoch, warmup_steps
 
@@ -79,8 +89,10 @@ def plan_run(recipe: str, overrides: list[str] | None = None, *, np: int | None 
                             "--resume continues the run in its own directory; drop --run-dir")
     else:
         folder = Path(run_dir).resolve() if run_dir else default_run_dir(loaded)
+    found = probe_components(loaded.recipe)
+    sizes = (found["train_samples"], found["eval_samples"]) if found else None
     plan = build_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, run_dir=folder,
-                      resume=bool(resume))
+                      resume=bool(resume), sizes=sizes)
     check_controller(plan.recipe, horovod_build_info())
     check_memory(plan, _memory_bytes())
     if resume:
@@ -97,6 +109,49 @@ def nothing_to_do(plan: Plan) -> str:
             f"train.epochs, e.g. train.epochs={plan.epochs_done + plan.recipe.train.epochs}")
 
 
+def find_module(name: str) -> bool:
+    """Whether ``name`` can be imported the way a worker will (the working directory, then
+    PYTHONPATH, then this interpreter's path), found without running any of its code."""
+    from importlib.machinery import PathFinder
+
+    path = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+            *sys.path]
+    parts = name.split(".")
+    for i in range(len(parts)):
+        spec = PathFinder.find_spec(".".join(parts[:i + 1]), path)
+        if spec is None:
+            return False
+        path = list(spec.submodule_search_locations or [])
+    return True
+
+
+def probe_components(recipe: Recipe) -> dict | None:
+    """For a recipe with ``data.component`` or ``model.component``: check the modules can be
+    found here, then build data and model once in a child process (torch stays out of this one);
+    returns what it found (sizes, classes, parameters). Refuses the recipe with the reason."""
+    specs = [(key, spec) for key, spec in (("data.component", recipe.data.component),
+                                           ("model.component", recipe.model.component)) if spec]
+    if not specs:
+        return None
+    for key, spec in specs:
+        module = spec.partition(":")[0]
+        if not find_module(module):
+            raise UserError(f"{key} {spec!r}: module {module} not found from {os.getcwd()} or "
+                            "PYTHONPATH: run hvdtrain from the directory that holds it (workers "
+                            "start in the same directory), or add its folder to PYTHONPATH")
+    out = subprocess.run([sys.executable, "-m", "hvdtrain.worker.probe"],
+                         input=json.dumps(recipe.model_dump(mode="json")), capture_output=True,
+                         text=True, timeout=600)
+    try:
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise UserError(f"checking {', '.join(s for _, s in specs)} failed before launch: "
+                        + (out.stderr.strip().splitlines() or ["no output"])[-1]) from None
+    if "error" in found:
+        raise UserError(found["error"])
+    return found
+
+
 def check_controller(recipe: Recipe, build: dict | None) -> None:
     """launch.controller must be one the installed Horovod was built with (recorded at install)."""
     controller = recipe.launch.controller
@@ -109,21 +164,24 @@ def check_controller(recipe: Recipe, build: dict | None) -> None:
                     "available (python -m hvdtrain.setup.horovod_build --force)")
 
 
-def dataset_bytes(recipe: Recipe) -> int:
-    """Bytes one worker holds for its in-memory data set (float32 images, int64 labels)."""
+def dataset_bytes(recipe: Recipe, sizes: tuple[int, int]) -> int:
+    """Bytes one worker holds for its in-memory data set (float32 images, int64 labels); 0 for
+    data read from files as it is needed (image folders, components)."""
     data = recipe.data
+    if data.dataset not in IN_MEMORY:
+        return 0
     if data.dataset == "synthetic":
         c, h, w = data.synthetic.image_shape
         per_image = c * h * w
     else:
         per_image = {"digits": 64, "mnist": 28 * 28, "cifar10": 3 * 32 * 32}[data.dataset]
-    return sum(dataset_sizes(recipe)) * (4 * per_image + 8)
+    return sum(sizes) * (4 * per_image + 8)
 
 
 def check_memory(plan: Plan, total: int) -> None:
     """Every worker loads the whole data set into memory: refuse what cannot fit on a host (each
     host is assumed to have this machine's memory)."""
-    per_worker = dataset_bytes(plan.recipe)
+    per_worker = dataset_bytes(plan.recipe, (plan.train_samples, plan.eval_samples))
     busiest = max(plan.hosts, key=lambda h: h.slots)
     need = per_worker * busiest.slots
     if need > total:
@@ -153,10 +211,22 @@ def check_resumable(folder: RunDir, recipe: Recipe, given: str) -> None:
             saved = Recipe.model_validate(recorded)
         except ValueError:
             pass  # a manifest from another version: recipe.yaml is all we have
-    conflicts = resume_conflicts(saved, recipe)
+    conflicts = resume_conflicts(saved, recipe) + class_changes(folder, recipe)
     if conflicts:
         raise UserError(f"cannot resume {given}: the recipe changes what its checkpoints depend "
                         "on; use the original values or start a new run:", conflicts)
+
+
+def class_changes(folder: RunDir, recipe: Recipe) -> list[str]:
+    """An image folder whose classes differ from the ones the checkpoints were trained with."""
+    recorded = (folder.read_manifest() or {}).get("classes")
+    if recipe.data.dataset != "imagefolder" or recorded is None:
+        return []
+    now = scan(recipe.data.data_dir or ".").classes
+    if now == recorded:
+        return []
+    return [f"classes in {recipe.data.data_dir}/train: added {sorted(set(now) - set(recorded))}, "
+            f"removed {sorted(set(recorded) - set(now))} (class indices would no longer match)"]
 
 
 def _flatten(data: object, prefix: str = "") -> dict[str, object]:
@@ -180,9 +250,17 @@ def resume_conflicts(saved: Recipe, new: Recipe) -> list[str]:
 
 
 def dataset_sizes(recipe: Recipe) -> tuple[int, int]:
-    if recipe.data.dataset == "synthetic":
-        return recipe.data.synthetic.train_samples, recipe.data.synthetic.eval_samples
-    return DATASET_SIZES[recipe.data.dataset]
+    """(train, eval) samples, known without torch; a data component is asked by ``probe``."""
+    data = recipe.data
+    if data.dataset == "synthetic":
+        return data.synthetic.train_samples, data.synthetic.eval_samples
+    if data.dataset == "imagefolder":
+        folder = scan(data.data_dir or ".")
+        return len(folder.train), len(folder.val)
+    if data.dataset == "component":
+        raise UserError("the size of a data component is known only by building it: use "
+                        "plan_run (it asks the component in a child process)")
+    return DATASET_SIZES[data.dataset]
 
 
 def check_discovery_script(script: str) -> None:
@@ -293,7 +371,9 @@ def resolve_hosts(recipe: Recipe, np: int | None, hosts: str | None,
 
 def build_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None = None,
                hostfile: str | None = None, run_dir: Path, python: str | None = None,
-               horovodrun: str | None = None, resume: bool = False) -> Plan:
+               horovodrun: str | None = None, resume: bool = False,
+               sizes: tuple[int, int] | None = None) -> Plan:
+    """``sizes``: (train, eval) samples when known already (a component's, from ``probe``)."""
     recipe = loaded.recipe
     if np is not None and np < 1:
         raise UserError(f"--np must be at least 1, got {np}")
@@ -307,7 +387,7 @@ def build_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None
             "elastic training needs at least 2 hosts (Horovod: \"Cannot run in fault tolerance mode "
             "with fewer than 2 hosts\"): list two or more hosts, set elastic.host_discovery_script, "
             "or remove the elastic section")
-    train_n, eval_n = dataset_sizes(recipe)
+    train_n, eval_n = sizes or dataset_sizes(recipe)
     spe = steps_per_epoch(train_n, world, recipe)
     cfg = lr_config(recipe)
     total = spe * recipe.train.epochs
@@ -351,6 +431,8 @@ def plan_dict(plan: Plan) -> dict:
         "peak_lr": plan.peak_lr,
         "warmup_steps": plan.warmup_steps,
         "lr_points": [{"label": label, "step": s, "lr": lr} for label, s, lr in plan.lr_points],
+        "device": plan.recipe.train.device,
+        "precision": plan.recipe.train.precision,
         "compression": plan.recipe.horovod.compression,
         "op": plan.recipe.horovod.op,
         "env": plan.env,

@@ -76,7 +76,7 @@ class FaultHooks(Hooks):
     def model_built(self, rank: int, model: torch.nn.Module) -> torch.nn.Module:
         if self._here("model_shape", rank):
             first = next(model.parameters())
-            first.data = torch.zeros(first.shape[0] + 1, *first.shape[1:])
+            first.data = torch.zeros(first.shape[0] + 1, *first.shape[1:], device=first.device)
         return model
 
     def epoch_start(self, rank: int, epoch: int) -> None:

@@ -26,14 +26,17 @@ import torch.nn.functional as F
 
 from hvdtrain import events
 from hvdtrain.events import WorkerExit
-from hvdtrain.recipe import Recipe, lr_config
+from hvdtrain.errors import UserError
+from hvdtrain.recipe import IN_MEMORY, Recipe, lr_config
 from hvdtrain.rundir import RunDir
 from hvdtrain.schedule import LRConfig, lr_at, peak_lr, steps_per_epoch
 from hvdtrain.worker import checkpoint
-from hvdtrain.worker.data import Dataset, eval_shard, load_dataset, step_batches
+from hvdtrain.worker.data import eval_shard
+from hvdtrain.worker.devices import Seen, autocast, choose_device
 from hvdtrain.worker.faults import Hooks
 from hvdtrain.worker.heartbeat import Heartbeat
 from hvdtrain.worker.models import build_model
+from hvdtrain.worker.sources import Batch, Source, open_source
 from hvdtrain.worker.optim import (
     compression_report,
     distributed_optimizer,
@@ -74,18 +77,23 @@ class Job:
 
     recipe: Recipe
     run_dir: RunDir
-    data: Dataset
+    data: Source
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     sampler: Any  # hvd.elastic.ElasticSampler: one data order for both modes
     hooks: Hooks
     beat: Heartbeat
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = None  # precision fp16 only
     cfg: LRConfig = field(init=False)
     params: list[torch.nn.Parameter] = field(init=False)
 
     def __post_init__(self) -> None:
         self.cfg = lr_config(self.recipe)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def autocast(self) -> torch.autocast:
+        return autocast(self.device, self.recipe.train.precision)
 
     @property
     def per_step(self) -> int:
@@ -94,22 +102,37 @@ class Job:
 
     def steps_per_epoch(self) -> int:
         # Horovod: the current world size (it may change between epochs in elastic mode).
-        return steps_per_epoch(len(self.data.train_y), hvd.size(), self.recipe)
+        return steps_per_epoch(self.data.train_size, hvd.size(), self.recipe)
+
+
+def pick_device(recipe: Recipe) -> torch.device:
+    """This rank's device; on CUDA, Horovod's pattern: one GPU per process, by local rank."""
+    cuda = torch.cuda.is_available()
+    # Horovod: local rank and size place this process among the ranks of its host.
+    seen = Seen(cuda, torch.cuda.device_count() if cuda else 0, hvd.local_rank(),
+                hvd.local_size(), os.environ.get("HOROVOD_HOSTNAME", os.uname().nodename))
+    device = choose_device(recipe.train.device, recipe.train.precision, seen)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def build_job(recipe: Recipe, run_dir: RunDir, hooks: Hooks, beat: Heartbeat) -> Job:
-    """Data, model, optimizer and data order for this rank (after ``hvd.init()``)."""
+    """Device, data, model, optimizer and data order for this rank (after ``hvd.init()``)."""
     # Horovod: the rank seeds this process's dropout; weights and optimizer state come from rank 0.
     rank = hvd.rank()
     torch.manual_seed(recipe.train.seed + rank)
-    data = load_dataset(recipe.data, recipe.train.seed)
-    model = hooks.model_built(rank, build_model(recipe.model, data.input_shape, data.num_classes))
+    device = pick_device(recipe)
+    data = open_source(recipe.data, recipe.train.seed, pin_memory=device.type == "cuda")
+    model = build_model(recipe.model, data.input_shape, data.num_classes).to(device)
+    model = hooks.model_built(rank, model)
     # Horovod: a sampler that shards each epoch's permutation (same seed on every rank) by rank,
     # and re-shards the not-yet-processed samples when the world changes (elastic).
-    sampler = hvd.elastic.ElasticSampler(range(len(data.train_y)), shuffle=True,
+    sampler = hvd.elastic.ElasticSampler(range(data.train_size), shuffle=True,
                                          seed=recipe.train.seed)
+    scaler = torch.amp.GradScaler("cuda") if recipe.train.precision == "fp16" else None
     return Job(recipe, run_dir, data, model, distributed_optimizer(model, recipe), sampler, hooks,
-               beat)
+               beat, device, scaler)
 
 
 def share_cores() -> list[str]:
@@ -157,6 +180,13 @@ def restore_checkpoint(job: Job) -> tuple[int, str]:
     for path, why in loaded.skipped:
         events.emit("warning", message=f"skipped unusable checkpoint {path.name} ({why}); "
                                        f"using {loaded.path.name}")
+    saved_classes = loaded.state.get("classes")
+    if saved_classes is not None and saved_classes != job.data.classes:
+        raise UserError(f"cannot resume: the classes changed since {loaded.path.name} was saved "
+                        f"(added: {sorted(set(job.data.classes or []) - set(saved_classes))}, "
+                        f"removed: {sorted(set(saved_classes) - set(job.data.classes or []))}); "
+                        "class indices would no longer match: restore the class folders or start "
+                        "a new run")
     job.model.load_state_dict(loaded.state["model"])
     job.optimizer.load_state_dict(loaded.state["optimizer"])
     return int(loaded.state["epoch"]), str(loaded.path)
@@ -171,16 +201,20 @@ def announce_start(job: Job, counters: Counters, hosts: list[str], restored_from
         if hvd.rank() == 0:
             events.emit("resumed", epoch=counters.epoch, path=restored_from,
                         optimizer_hashes=hashes)
+    # Horovod: every rank's device, for the start line (cpu, or cuda:<local rank>).
+    devices = hvd.allgather_object(str(job.device))
     if hvd.rank() == 0:
         r, hv, size = job.recipe, job.recipe.horovod, hvd.size()
         report = compression_report(job.optimizer, job.model)
         events.emit("start", epochs=r.train.epochs, start_epoch=counters.epoch,
                     steps_per_epoch=job.steps_per_epoch(), world_size=size,
-                    threads=torch.get_num_threads(), hosts=hosts,
+                    threads=torch.get_num_threads(), hosts=hosts, devices=devices,
+                    precision=r.train.precision,
                     compression={"name": hv.compression, **report}, op=hv.op,
                     base_lr=r.optimizer.base_lr, peak_lr=peak_lr(job.cfg, size),
                     params=sum(p.numel() for p in job.model.parameters()),
-                    train_samples=len(job.data.train_y), eval_samples=len(job.data.eval_y))
+                    train_samples=job.data.train_size, eval_samples=job.data.eval_size,
+                    classes=job.data.classes)
 
 
 # --- the step -----------------------------------------------------------------------------------
@@ -193,6 +227,7 @@ class Meter:
         self.window = torch.zeros(3, dtype=torch.float64)
         self.epoch = torch.zeros(3, dtype=torch.float64)
         self.steps = self.epoch_steps = 0
+        self.data_wait = 0.0  # seconds this rank waited for batches this epoch
         self.t0 = self.t_window = time.perf_counter()
 
     @staticmethod
@@ -200,7 +235,7 @@ class Meter:
         """(loss sum, correct, count) of one micro-batch, as a tensor: no Python round trip."""
         with torch.no_grad():
             return torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double(),
-                                torch.tensor(float(len(y)), dtype=torch.float64)])
+                                torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)])
 
     def add(self, step_sums: torch.Tensor) -> None:
         """Count one completed step (a skipped step's metrics are left out)."""
@@ -220,38 +255,59 @@ class Meter:
         return (total[0] / total[2]).item(), (total[1] / total[2]).item(), rate
 
 
-def train_step(job: Job, idx: torch.Tensor, epoch: int, step: int,
+def train_step(job: Job, micro: list[Batch], epoch: int, step: int,
                lr: float) -> torch.Tensor | None:
-    """One optimizer step on this rank's samples ``idx`` (k micro-batches). Returns the step's
-    metric sums, or None when the gradients were non-finite and the step was skipped; raises
-    ``NonFinite`` to stop."""
-    rank, k = hvd.rank(), job.recipe.horovod.backward_passes_per_step
+    """One optimizer step on this rank's k micro-batches. Returns the step's metric sums, or None
+    when the gradients were non-finite and the step was skipped; raises ``NonFinite`` to stop."""
+    rank, k, scaler = hvd.rank(), job.recipe.horovod.backward_passes_per_step, job.scaler
     set_lr(job.optimizer, lr)
     job.optimizer.zero_grad()  # Horovod 0.28 takes no set_to_none
-    sums = torch.zeros(3, dtype=torch.float64)
-    for micro in idx.split(job.recipe.data.batch_size):
-        out = job.model(job.data.train_x[micro])
-        y = job.data.train_y[micro]
-        loss = job.hooks.loss(rank, epoch, step, F.cross_entropy(out, y))
-        (loss / k if k > 1 else loss).backward()  # k passes make one step
+    sums = torch.zeros(3, dtype=torch.float64, device=job.device)
+    for x, y in micro:
+        x, y = x.to(job.device, non_blocking=True), y.to(job.device, non_blocking=True)
+        with job.autocast():
+            out = job.model(x)
+            loss = job.hooks.loss(rank, epoch, step, cross_entropy(out, y))
+        part = loss / k if k > 1 else loss  # k passes make one step
+        (scaler.scale(part) if scaler else part).backward()
         sums += Meter.batch_sums(loss, out, y)
     job.beat.at("allreduce", epoch, step)
     # Horovod: wait for this step's gradient allreduces, so the check below sees the averaged
     # gradients. Averaging spreads one rank's Inf/NaN to every rank, so all ranks take the same
     # decision at the same step without another collective.
     job.optimizer.synchronize()
+    if scaler is not None:  # Horovod's AMP pattern: unscale the averaged gradients, then step
+        scaler.unscale_(job.optimizer)
     if not grads_finite(job.params):
-        if job.recipe.train.on_nonfinite == "stop":
-            raise NonFinite(loss)
-        job.optimizer.zero_grad()
-        if rank == 0:
-            events.emit("warning", message=f"non-finite gradients at epoch {epoch} step {step}: "
-                                           "step skipped")
-        return None
+        return _skip_or_stop(job, epoch, step, loss)
     # Horovod: already synchronized above; step without allreducing again.
     with job.optimizer.skip_synchronize():
-        job.optimizer.step()
-    return sums
+        if scaler is not None:
+            scaler.step(job.optimizer)
+            scaler.update()
+        else:
+            job.optimizer.step()
+    return sums.cpu()
+
+
+def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy; 0 (with a graph) for an empty micro-batch (every image skipped)."""
+    return F.cross_entropy(out, y) if len(y) else out.sum() * 0.0
+
+
+def _skip_or_stop(job: Job, epoch: int, step: int, loss: torch.Tensor) -> None:
+    """Non-finite averaged gradients: fp16 loss scaling lowers its scale (as AMP does); otherwise
+    ``train.on_nonfinite`` says whether to skip the step or stop every rank."""
+    job.optimizer.zero_grad()
+    if job.scaler is not None:
+        job.scaler.update()  # finds the inf recorded by unscale_ and halves the scale
+        return None
+    if job.recipe.train.on_nonfinite == "stop":
+        raise NonFinite(loss)
+    if hvd.rank() == 0:
+        events.emit("warning", message=f"non-finite gradients at epoch {epoch} step {step}: "
+                                       "step skipped")
+    return None
 
 
 class NonFinite(Exception):
@@ -283,12 +339,24 @@ def report_nonfinite(job: Job, epoch: int, step: int, global_step: int,
 
 # --- epochs -------------------------------------------------------------------------------------
 
-def epoch_batches(job: Job, counters: Counters, spe: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """The rest of the current epoch: from step ``counters.batch`` up to ``spe``, cut from this
-    rank's share of the not-yet-processed samples."""
+def epoch_batches(job: Job, counters: Counters, spe: int,
+                  meter: Meter) -> Iterator[tuple[int, list[Batch]]]:
+    """(0-based step, its k micro-batches) for the rest of the current epoch: from step
+    ``counters.batch`` up to ``spe``, cut from this rank's share of the not-yet-processed samples.
+    Time spent waiting for batches is added to ``meter.data_wait``."""
     indices = list(job.sampler)
-    steps = max(0, min(len(indices) // job.per_step, spe - counters.batch))
-    return step_batches(indices, counters.batch, steps, job.per_step)
+    first, k = counters.batch, job.recipe.horovod.backward_passes_per_step
+    steps = max(0, min(len(indices) // job.per_step, spe - first))
+    micro = job.data.train_batches(indices[:steps * job.per_step])
+
+    def steps_of() -> Iterator[tuple[int, list[Batch]]]:
+        for i in range(steps):
+            t0 = time.perf_counter()
+            group = [next(micro) for _ in range(k)]
+            meter.data_wait += time.perf_counter() - t0
+            yield first + i, group
+
+    return steps_of()
 
 
 def run_steps(job: Job, counters: Counters, spe: int, meter: Meter,
@@ -296,12 +364,12 @@ def run_steps(job: Job, counters: Counters, spe: int, meter: Meter,
     """The steps of the current epoch; emits ``step`` events; returns the last LR."""
     epoch, rank, size = counters.epoch + 1, hvd.rank(), hvd.size()
     log_interval, lr = job.recipe.train.log_interval, math.nan
-    for step, idx in epoch_batches(job, counters, spe):
+    for step, micro in epoch_batches(job, counters, spe, meter):
         job.beat.at("compute", epoch, step + 1)
         job.hooks.before_step(rank, epoch, step + 1)
         lr = lr_at(counters.global_step, spe, size, job.cfg)
         try:
-            sums = train_step(job, idx, epoch, step + 1, lr)
+            sums = train_step(job, micro, epoch, step + 1, lr)
         except NonFinite as exc:
             report_nonfinite(job, epoch, step + 1, counters.global_step, exc.loss)
             raise
@@ -332,6 +400,7 @@ def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
     if evaluated:
         sync_buffers(job.model)
         counters.eval_loss, counters.eval_acc = evaluate(job)
+    report_skipped(job, epoch)
     if hvd.rank() != 0:
         return
     sums = meter.epoch
@@ -340,6 +409,7 @@ def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
                 eval_loss=counters.eval_loss if evaluated else None,
                 eval_acc=counters.eval_acc if evaluated else None, seconds=seconds,
                 images_per_s=meter.epoch_steps * meter.images_per_step / max(seconds, 1e-9),
+                data_wait_share=meter.data_wait / max(seconds, 1e-9),
                 lr=lr, global_step=counters.global_step, world_size=hvd.size())
     if epoch % train.checkpoint_every == 0 or last:
         save_checkpoint(job, epoch, counters.global_step)
@@ -368,12 +438,26 @@ def train_epochs(job: Job, counters: Counters, after_step: Callable[[int], None]
     return WorkerExit.OK
 
 
+def report_skipped(job: Job, epoch: int) -> None:
+    """``data.on_bad_image: skip``: every rank's count of images that failed to decode."""
+    if job.recipe.data.on_bad_image != "skip" or job.recipe.data.dataset in IN_MEMORY:
+        return
+    skipped = job.data.take_skipped()
+    # Horovod: the ranks' counts summed, so rank 0 can report the whole epoch.
+    total = int(hvd.allreduce(torch.tensor(len(skipped)), op=hvd.Sum, name="skipped").item())
+    if total and hvd.rank() == 0:
+        example = f"; e.g. on rank 0: {skipped[0].path} ({skipped[0].reason})" if skipped else ""
+        events.emit("warning", message=f"epoch {epoch}: skipped {total} image(s) that failed to "
+                                       f"decode (data.on_bad_image: skip){example}")
+
+
 def save_checkpoint(job: Job, epoch: int, global_step: int) -> None:
     """Rank 0: the durable checkpoint after ``epoch`` completed epochs, then its event."""
     path = checkpoint.save(job.run_dir.checkpoints, epoch, {
         "epoch": epoch, "global_step": global_step, "world_size": hvd.size(),
         "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
         "recipe_model": job.recipe.model.model_dump(mode="json"),
+        "classes": job.data.classes,
     }, keep=job.recipe.train.keep_checkpoints,
         before_replace=lambda: job.hooks.before_checkpoint_replace(0, epoch))
     events.emit("checkpoint", epoch=epoch, path=str(path))
@@ -390,13 +474,14 @@ def sync_buffers(model: torch.nn.Module) -> None:
 def evaluate(job: Job) -> tuple[float, float]:
     """Held-out loss and accuracy over every eval sample, each rank scoring its own shard."""
     job.model.eval()
-    data, batch = job.data, job.recipe.data.eval_batch_size
     sums = torch.zeros(3, dtype=torch.float64)
+    shard = eval_shard(job.data.eval_size, hvd.rank(), hvd.size()).tolist()
     with torch.no_grad():
-        for part in eval_shard(len(data.eval_y), hvd.rank(), hvd.size()).split(batch):
-            out = job.model(data.eval_x[part])
-            y = data.eval_y[part]
-            sums += torch.tensor([F.cross_entropy(out, y, reduction="sum").item(),
+        for x, y in job.data.eval_batches(shard):
+            x, y = x.to(job.device, non_blocking=True), y.to(job.device, non_blocking=True)
+            with job.autocast():
+                out = job.model(x)
+            sums += torch.tensor([F.cross_entropy(out.float(), y, reduction="sum").item(),
                                   (out.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
     # Horovod: each rank saw a different shard; sum the counts to get the global loss/accuracy.
     total = hvd.allreduce(sums, op=hvd.Sum, name="eval_sums")

@@ -1,5 +1,6 @@
 """The CNNs a recipe can name: a small CNN for 1-channel 8x8 / 28x28 input, a ResNet-style CNN for
-3x32x32. Both adapt to the data set's input shape and class count."""
+3x32x32, a ResNet-18 for image folders (ImageNet-style stem), or your own (``model.component``).
+All adapt to the data set's input shape and class count."""
 
 from __future__ import annotations
 
@@ -49,15 +50,21 @@ class BasicBlock(nn.Module):
 
 
 class ResNetCNN(nn.Module):
-    """CIFAR-style ResNet: a stem, three stages (width, 2x, 4x; stride 2 between), global pool."""
+    """CIFAR-style ResNet: a stem, three stages (width, 2x, 4x; stride 2 between), global pool.
+    ``imagenet_stem``/``stages=4``: the ResNet-18 shape (7x7/2 conv + max pool, four stages)."""
 
     def __init__(self, in_ch: int, classes: int, width: int = 16, depth: int = 2,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, stages: int = 3, imagenet_stem: bool = False) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_ch, width, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        if imagenet_stem:
+            self.stem = nn.Sequential(nn.Conv2d(in_ch, width, 7, 2, 3, bias=False),
+                                      nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                                      nn.MaxPool2d(3, 2, 1))
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(in_ch, width, 3, 1, 1, bias=False),
+                                      nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         layers, cin = [], width
-        for stage, cout in enumerate((width, 2 * width, 4 * width)):
+        for stage, cout in enumerate(width * 2**i for i in range(stages)):
             for block in range(depth):
                 layers.append(BasicBlock(cin, cout, 2 if stage > 0 and block == 0 else 1))
                 cin = cout
@@ -69,8 +76,15 @@ class ResNetCNN(nn.Module):
         return self.head(self.layers(self.stem(x)))
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int], classes: int) -> nn.Module:
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], classes: int) -> nn.Module:
+    if cfg.component:
+        from hvdtrain.worker.components import build_component_model
+
+        return build_component_model(cfg.component, cfg.kwargs, input_shape, classes)
     in_ch = input_shape[0]
     if cfg.arch == "small_cnn":
         return SmallCNN(in_ch, classes, cfg.width, cfg.dropout)
+    if cfg.arch == "resnet18":  # width 64, depth 2: torchvision's resnet18 layout
+        return ResNetCNN(in_ch, classes, cfg.width, cfg.depth, cfg.dropout, stages=4,
+                         imagenet_stem=True)
     return ResNetCNN(in_ch, classes, cfg.width, cfg.depth, cfg.dropout)

@@ -1,0 +1,68 @@
+"""The image-folder layout (ImageNet / ImageFolder style), read with the standard library only, so
+the launcher can check a data directory and count its images before anything starts, and every
+rank derives the same class list from it::
+
+    DATA_DIR/train/<class>/*.{jpg,jpeg,png,bmp,webp}   (any case)
+    DATA_DIR/val/<class>/*
+
+Class index = position in the sorted list of ``train/`` folder names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hvdtrain.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+LAYOUT = "DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image>"
+
+
+@dataclass(frozen=True)
+class Folder:
+    classes: list[str]
+    train: list[tuple[str, int]]  # (path, class index), sorted by path
+    val: list[tuple[str, int]]
+
+
+def _images(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _split(root: Path, split: str, problems: list[str]) -> dict[str, list[str]]:
+    """Class name -> image paths of one split; problems are appended, not raised."""
+    folder = root / split
+    if not folder.is_dir():
+        problems.append(f"{folder}: missing: the layout is {LAYOUT}")
+        return {}
+    classes = {p.name: _images(p) for p in sorted(folder.iterdir()) if p.is_dir()}
+    if not classes:
+        problems.append(f"{folder}: no class folders: put each class's images in "
+                        f"{folder}/<class>/")
+    for name, paths in classes.items():
+        if not paths:
+            problems.append(f"{folder / name}: no images ({', '.join(IMAGE_SUFFIXES)}): add "
+                            "some or remove the folder")
+    return classes
+
+
+def scan(data_dir: str | Path) -> Folder:
+    """Read and check the layout; raises ``UserError`` listing every problem."""
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"image folder not found: {root} (data.data_dir; the layout is {LAYOUT})")
+    problems: list[str] = []
+    train, val = _split(root, "train", problems), _split(root, "val", problems)
+    for name in sorted(set(val) - set(train)):
+        problems.append(f"{root / 'val' / name}: class {name!r} is not in {root / 'train'}: every "
+                        "validation class needs training images")
+    if problems:
+        raise UserError(f"image folder {root} is not usable ({len(problems)} problem"
+                        f"{'s' if len(problems) > 1 else ''}):", problems)
+    classes = sorted(train)
+    index = {name: i for i, name in enumerate(classes)}
+    return Folder(classes,
+                  [(p, index[c]) for c in classes for p in train[c]],
+                  [(p, index[c]) for c in sorted(val) for p in val[c]])

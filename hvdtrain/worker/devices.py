@@ -1,0 +1,47 @@
+"""Which device a rank computes on, and in which precision. The choice is a pure function of what
+the rank sees (unit-tested: no GPU on the machines hvdtrain is developed on); the CUDA path itself
+is Horovod's documented one-GPU-per-process pattern and is not run by the test suite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hvdtrain.errors import UserError
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one rank sees: CUDA devices on its host, and its place among the host's ranks."""
+
+    cuda_available: bool
+    gpu_count: int
+    local_rank: int
+    local_size: int
+    host: str
+
+
+def choose_device(setting: str, precision: str, seen: Seen) -> torch.device:
+    """``train.device`` (auto | cpu | cuda) -> this rank's device, or a ``UserError`` saying why not."""
+    cuda = setting == "cuda" or (setting == "auto" and seen.cuda_available)
+    if cuda and not seen.cuda_available:
+        raise UserError(f"train.device=cuda, but host {seen.host} has no usable CUDA device: use "
+                        "train.device=auto (CUDA where there is one, else CPU) or cpu")
+    if cuda and seen.local_size > seen.gpu_count:
+        raise UserError(f"{seen.local_size} ranks on host {seen.host} but {seen.gpu_count} GPU(s): "
+                        "hvdtrain runs one GPU per process; give that host at most "
+                        f"{seen.gpu_count} slot(s), or set train.device=cpu")
+    if not cuda and precision == "fp16":
+        raise UserError(f"train.precision=fp16 needs CUDA, and this rank computes on the CPU of "
+                        f"{seen.host}: use train.precision=bf16 on CPUs")
+    return torch.device("cuda", seen.local_rank) if cuda else torch.device("cpu")
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Mixed-precision compute for forward and loss (fp32: a disabled context)."""
+    dtype = AUTOCAST[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32,
+                          enabled=dtype is not None)
