@@ -543,6 +543,15 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
     if hv.autotune_log_file and not hv.autotune:
         out.append("horovod.autotune_log_file is set but horovod.autotune is false: nothing is "
                    "logged")
+    unused = sorted(recipe.model.model_fields_set & {"arch", "width", "depth", "dropout"})
+    if recipe.model.component and unused:
+        out.append(f"model.component is set: model.{', model.'.join(unused)} "
+                   f"{'is' if len(unused) == 1 else 'are'} not used")
+    image_keys = sorted(data.model_fields_set & {"image_size", "augment", "mean", "std",
+                                                 "on_bad_image"})
+    if data.dataset != "imagefolder" and image_keys:
+        out.append(f"data.{', data.'.join(image_keys)} appl{'ies' if len(image_keys) == 1 else 'y'}"
+                   f" to dataset: imagefolder only (dataset is {data.dataset})")
     if opt.decay == "step" and max(opt.decay_epochs) >= train.epochs:
         late = [m for m in opt.decay_epochs if m >= train.epochs]
         out.append(f"optimizer.decay_epochs {late} are at or after the last epoch "

@@ -94,6 +94,7 @@ def plan_run(recipe: str, overrides: list[str] | None = None, *, np: int | None 
     plan = build_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, run_dir=folder,
                       resume=bool(resume), sizes=sizes)
     check_controller(plan.recipe, horovod_build_info())
+    check_local_gpus(plan)
     check_memory(plan, _memory_bytes())
     if resume:
         newest = RunDir(folder).newest_complete_checkpoint()
@@ -150,6 +151,24 @@ def probe_components(recipe: Recipe) -> dict | None:
     if "error" in found:
         raise UserError(found["error"])
     return found
+
+
+def check_local_gpus(plan: Plan) -> None:
+    """When every rank runs on this machine, ``train.device: cuda`` and ``precision: fp16`` need
+    its GPUs (NVIDIA's device files; remote hosts are judged by the workers themselves)."""
+    train = plan.recipe.train
+    wants_gpu = train.device == "cuda" or (train.precision == "fp16" and train.device == "auto")
+    if not wants_gpu or not all(h.name in ("localhost", "127.0.0.1") for h in plan.hosts):
+        return
+    gpus = len(list(Path("/dev").glob("nvidia[0-9]*")))
+    if gpus == 0:
+        what = ("train.device=cuda" if train.device == "cuda"
+                else "train.precision=fp16 (it runs on CUDA only)")
+        raise UserError(f"{what}, but this machine has no NVIDIA GPU: use train.device=auto or "
+                        "cpu, and train.precision=bf16 or fp32 on CPUs")
+    if plan.np > gpus and train.device == "cuda":
+        raise UserError(f"--np {plan.np} on this machine but it has {gpus} GPU(s): hvdtrain runs "
+                        f"one GPU per process; use --np {gpus} or fewer")
 
 
 def check_controller(recipe: Recipe, build: dict | None) -> None:

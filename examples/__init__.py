@@ -1,0 +1,1 @@
+"""Examples of hvdtrain components (see examples/custom_model.py and recipes/custom-model.yaml)."""
