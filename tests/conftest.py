@@ -32,7 +32,7 @@ def _job_processes() -> list[str]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "hvdtrain.worker" in cmd or "bin/horovodrun" in cmd:
+        if "hvdtrain.worker --run-dir" in cmd or "bin/horovodrun" in cmd:
             found.append(f"{p.pid}: {cmd[:160]}")
     return found
 

@@ -19,9 +19,9 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
 CASES = [
     # (id, extra args, files {name: text}, exact stderr with {d} = tmp dir)
     ("unknown-recipe", ["no-such-recipe"], {},
-     "error: no recipe named 'no-such-recipe'; shipped recipes: cifar10-resnet, digits-cnn, "
-     "imagefolder-resnet, mnist-cnn, synthetic-bench (see `hvdtrain recipes`), or pass a path to a "
-     "YAML file\n"),
+     "error: no recipe named 'no-such-recipe'; shipped recipes: cifar10-resnet, custom-model, "
+     "digits-cnn, imagefolder-resnet, mnist-cnn, synthetic-bench (see `hvdtrain recipes`), or pass "
+     "a path to a YAML file\n"),
     ("typo-key", ["{d}/r.yaml"], {"r.yaml": "optimizer:\n  base_lrr: 0.1\n"},
      "error: recipe {d}/r.yaml is invalid (1 problem):\n"
      "  {d}/r.yaml:2: optimizer.base_lrr: unknown key (did you mean 'base_lr'?)\n"),
@@ -171,6 +171,44 @@ CASES = [
      "Horovod's elastic mode needs at least 2 hosts (\"Cannot run in fault tolerance mode with "
      "fewer than 2 hosts\") and would wait for them until elastic.elastic_timeout; nothing "
      "launched\n"),
+    # image folders, components, devices
+    ("image-folder-without-val", ["imagefolder-resnet", "data.data_dir={d}"], {"train/a/x.png": ""},
+     "error: image folder {d} is not usable (1 problem):\n  {d}/val: missing: the layout is "
+     "DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image>\n"),
+    ("image-folder-val-class-not-in-train", ["imagefolder-resnet", "data.data_dir={d}"],
+     {"train/a/x.png": "", "val/a/y.png": "", "val/b/z.png": "", "train/c/notes.txt": ""},
+     "error: image folder {d} is not usable (2 problems):\n  {d}/train/c: no images (.jpg, .jpeg, "
+     ".png, .bmp, .webp): add some or remove the folder\n  {d}/val/b: class 'b' is not in "
+     "{d}/train: every validation class needs training images\n"),
+    ("component-without-colon", ["digits-cnn", "model.component=mymodels.build"], {},
+     RECIPE + "override 'model.component=mymodels.build': model.component: 'mymodels.build' is "
+     "not \"package.module:factory\" (a module path, one ':', then the function or class to "
+     "call), e.g. model.component: \"examples.custom_model:build\", got 'mymodels.build'\n"),
+    ("component-module-not-found", ["digits-cnn", "model.component=no_such_pkg.models:build"], {},
+     "error: model.component 'no_such_pkg.models:build': module no_such_pkg.models not found from "
+     "{root} or PYTHONPATH: run hvdtrain from the directory that holds it (workers start in the "
+     "same directory), or add its folder to PYTHONPATH\n"),
+    ("component-factory-raises", ["digits-cnn", "model.component=examples.custom_model:stripes",
+                                  "model.kwargs={train: -1}"], {},
+     "error: model.component 'examples.custom_model:stripes' raised TypeError: stripes() got an "
+     "unexpected keyword argument 'input_shape'\n"),
+    ("component-returns-no-model", ["digits-cnn", "model.component=examples.custom_model:Stripes",
+                                    "model.kwargs={}"], {},
+     "error: model.component 'examples.custom_model:Stripes' raised TypeError: "
+     "Stripes.__init__() got an unexpected keyword argument 'input_shape'\n"),
+    ("data-component-wrong-type", ["custom-model", "data.component=examples.custom_model:build",
+                                   "data.kwargs={input_shape: [1, 2, 2], num_classes: 2}"], {},
+     "error: data.component 'examples.custom_model:build' returned TinyMLPConv: it must return "
+     "(train_dataset, val_dataset, num_classes)\n"),
+    ("cuda-without-a-gpu", ["digits-cnn", "train.device=cuda"], {},
+     "error: train.device=cuda, but this machine has no NVIDIA GPU: use train.device=auto or cpu, "
+     "and train.precision=bf16 or fp32 on CPUs\n"),
+    ("fp16-on-cpu", ["digits-cnn", "train.device=cpu", "train.precision=fp16"], {},
+     RECIPE + "override 'train.precision=fp16': train: precision: fp16 needs CUDA (fp16 autocast "
+     "on CPU is slow and unsupported for many ops): use precision: bf16 on CPU\n"),
+    ("fp16-on-a-machine-without-gpu", ["digits-cnn", "train.precision=fp16"], {},
+     "error: train.precision=fp16 (it runs on CUDA only), but this machine has no NVIDIA GPU: use "
+     "train.device=auto or cpu, and train.precision=bf16 or fp32 on CPUs\n"),
     # run directories that cannot be one
     ("run-dir-is-a-file", ["digits-cnn", "--run-dir", "{d}/f"], {"f": "x"},
      "error: run directory {d}/f is a file: choose another --run-dir (or launch.output_dir)\n"),
@@ -191,6 +229,12 @@ def test_bad_input_is_refused_before_anything_runs(run_cli, tmp_path: Path, args
 
     Path(MARK).unlink(missing_ok=True)
     for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".png"):
+            from PIL import Image
+
+            Image.new("RGB", (8, 8)).save(tmp_path / name)
+            continue
         (tmp_path / name).write_text(text)
         if name.endswith(".sh"):
             (tmp_path / name).chmod(0o755)

@@ -13,10 +13,10 @@ from hvdtrain.errors import UserError
 from hvdtrain.recipe import Recipe, load_recipe, shipped_recipes
 
 
-def test_five_recipes_ship_and_every_one_validates() -> None:
+def test_six_recipes_ship_and_every_one_validates() -> None:
     names = sorted(p.stem for p in shipped_recipes())
-    assert names == ["cifar10-resnet", "digits-cnn", "imagefolder-resnet", "mnist-cnn",
-                     "synthetic-bench"]
+    assert names == ["cifar10-resnet", "custom-model", "digits-cnn", "imagefolder-resnet",
+                     "mnist-cnn", "synthetic-bench"]
     for path in shipped_recipes():
         loaded = load_recipe(str(path))
         assert loaded.recipe.description, path
@@ -170,9 +170,9 @@ def test_non_mapping_and_unknown_name(tmp_path: Path) -> None:
     with pytest.raises(UserError) as info:
         load_recipe("digits-cnm")
     assert str(info.value) == ("no recipe named 'digits-cnm' (did you mean 'digits-cnn'?); shipped "
-                               "recipes: cifar10-resnet, digits-cnn, imagefolder-resnet, mnist-cnn, "
-                               "synthetic-bench (see `hvdtrain recipes`), or pass a path to a YAML "
-                               "file")
+                               "recipes: cifar10-resnet, custom-model, digits-cnn, imagefolder-resnet, "
+                               "mnist-cnn, synthetic-bench (see `hvdtrain recipes`), or pass a path "
+                               "to a YAML file")
     with pytest.raises(UserError, match=r"^recipe file not found: nope/x.yaml$"):
         load_recipe("nope/x.yaml")
 
@@ -204,8 +204,8 @@ def test_cli_validate_show_and_recipes(run_cli, tmp_path: Path) -> None:
     assert resolved["train"]["epochs"] == 3
     assert Recipe.model_validate(resolved) == load_recipe("digits-cnn", ["train.epochs=3"]).recipe
     listing = json.loads(run_cli("recipes", "--json").stdout)
-    assert [r["name"] for r in listing] == ["cifar10-resnet", "digits-cnn", "imagefolder-resnet",
-                                            "mnist-cnn", "synthetic-bench"]
+    assert [r["name"] for r in listing] == ["cifar10-resnet", "custom-model", "digits-cnn",
+                                            "imagefolder-resnet", "mnist-cnn", "synthetic-bench"]
     assert all(r["description"] and not r["description"].startswith("INVALID") for r in listing)
     proc = run_cli("show", str(bad))
     assert (proc.returncode, proc.stdout) == (2, "")
