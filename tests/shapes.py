@@ -37,15 +37,16 @@ def draw(shape: str, size: int, rng: random.Random) -> Image.Image:
     return img
 
 
-def write_folder(root: Path, per_class: int = 60, val_per_class: int = 20, seed: int = 0) -> Path:
-    """DATA_DIR/{train,val}/<class>/*.png|jpg; returns ``root``."""
+def write_folder(root: Path, per_class: int = 60, val_per_class: int = 20, seed: int = 0,
+                 sizes: tuple[int, ...] = (40, 48, 64, 80)) -> Path:
+    """DATA_DIR/{train,val}/<class>/*.png|jpg, images ``sizes`` pixels square; returns ``root``."""
     rng = random.Random(seed)
     for split, count in (("train", per_class), ("val", val_per_class)):
         for shape in CLASSES:
             folder = root / split / shape
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                img = draw(shape, rng.choice((40, 48, 64, 80)), rng)
+                img = draw(shape, rng.choice(sizes), rng)
                 if i % 3 == 0:
                     img.save(folder / f"{i:04d}.JPG", quality=90)  # upper-case suffix too
                     continue

@@ -23,14 +23,38 @@ BIN = Path(sys.executable).parent
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 
 
-def hvdtrain_epochs(args: list[str]) -> list[float]:
-    """images/s of each epoch after the first (warm-up) from a `hvdtrain run --json`."""
+def hvdtrain_epochs(args: list[str], field: str = "images_per_s") -> list[float]:
+    """``field`` of each epoch after the first (warm-up) from a `hvdtrain run --json`."""
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run([str(BIN / "hvdtrain"), "run", *args, "--json", "--run-dir",
                               f"{tmp}/run"], capture_output=True, text=True, check=True, cwd=ROOT)
-    rates = [e["images_per_s"] for e in map(json.loads, out.stdout.splitlines())
+    rates = [e[field] for e in map(json.loads, out.stdout.splitlines())
              if e.get("event") == "epoch"]
     return rates[1:]
+
+
+def image_folder(reps: int) -> dict:
+    """np=2 on a generated image folder (192-320 px images, 64 px crops, a narrow ResNet-18):
+    images/s and the share of each epoch spent waiting for batches, with 0 and 2 loader workers
+    per rank."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from shapes import write_folder
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_folder(Path(tmp) / "shapes", per_class=200, val_per_class=20,
+                            sizes=(192, 256, 320))
+        for workers in (0, 2):
+            args = ["imagefolder-resnet", f"data.data_dir={data}", "data.image_size=64",
+                    "model.width=16", "train.epochs=4", f"data.loader_workers={workers}",
+                    "--np", "2"]
+            rates, waits = [], []
+            for _ in range(reps):
+                rates += hvdtrain_epochs(args)
+                waits += hvdtrain_epochs(args, "data_wait_share")
+            out[f"loader_workers={workers}"] = {"images_per_s": statistics.median(rates),
+                                                "data_wait_share": statistics.median(waits)}
+    return out
 
 
 def plain_epochs(recipe: str, threads: int, overrides: list[str]) -> list[float]:
@@ -77,6 +101,7 @@ def main() -> int:
                                       "train.epochs=4"])
         np2[comp] = statistics.median(rates)
     results["np2_synthetic_images_per_s"] = np2
+    results["np2_image_folder"] = folder = image_folder(REPS)
 
     goals = {
         "demo <= 15 s": results["demo_wall_s"]["median"] <= 15.0,
@@ -90,6 +115,9 @@ def main() -> int:
               f"{c['hvdtrain_images_per_s']:6.0f} img/s, ratio {c['ratio']:.3f}   (medians "
               f"{c['plain_median']:.0f} / {c['hvdtrain_median']:.0f})")
     print(f"np=2 synthetic-bench: fp16 {np2['fp16']:.0f} img/s, none {np2['none']:.0f} img/s")
+    for name, r in folder.items():
+        print(f"np=2 image folder, {name}: {r['images_per_s']:.0f} img/s, waiting for data "
+              f"{r['data_wait_share'] * 100:.1f} % of each epoch")
     for goal, ok in goals.items():
         print(f"{'PASS' if ok else 'MISS'}  {goal}")
     out = Path(os.environ.get("BENCH_OUT", ROOT / "bench-results.json"))
