@@ -18,7 +18,8 @@ KEYS = ["train.epochs=3", "horovod.backward_passes_per_step=2", "train.max_steps
         "train.eval_every=2", "train.checkpoint_every=2", "train.on_nonfinite=skip",
         "train.log_interval=3"]
 FAULT = 'launch.env={HVDTRAIN_FAULT: \'{"action": "inf_grad", "rank": 1, "epoch": 2, "step": 3}\'}'
-VARYING = ("images_per_s", "seconds", "hosts", "argv", "run_dir", "path")  # timing and places
+VARYING = ("images_per_s", "seconds", "data_wait_share", "hosts", "argv", "run_dir",
+           "path")  # timing and places
 
 
 def events_of(proc, run_dir: Path) -> list[dict]:
