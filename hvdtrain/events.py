@@ -4,8 +4,9 @@ Under horovodrun a worker's stdout is a pipe whose lines the launcher prefixes (
 ``[rank]<stdout>:``, Open MPI: ``[job,rank]<stdout>:``), so rich cannot draw inside a worker.
 Rank 0 emits events; the hvdtrain process parses horovodrun's output and draws.
 
-Event kinds (``event`` field): start, resumed, step, epoch, checkpoint, warning, error, done
-(from rank 0), and beat (from every rank, every ``BEAT_INTERVAL`` seconds: see worker/heartbeat.py).
+Event kinds (``event`` field): start, resumed, step, epoch, checkpoint, warning, error, done,
+reset (elastic: the world changed; all from rank 0), and beat (from every rank, every
+``BEAT_INTERVAL`` seconds: see worker/heartbeat.py).
 A worker's exit code is one of ``WorkerExit``.
 """
 
@@ -21,7 +22,8 @@ from typing import Any
 
 MARKER = "@@hvdtrain@@ "
 PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")
-KINDS = ("start", "resumed", "step", "epoch", "checkpoint", "warning", "error", "done", "beat")
+KINDS = ("start", "resumed", "step", "epoch", "checkpoint", "warning", "error", "done", "beat",
+         "reset")
 BEAT_INTERVAL = 2.0  # seconds between a rank's heartbeats; the launcher's stall report reads it
 
 

@@ -207,6 +207,15 @@ def epoch_line(e: dict) -> str:
             f"acc {_fmt_acc(e['eval_acc'])} | {e['seconds']:.2f}s, {e['images_per_s']:,.0f} images/s")
 
 
+def reset_line(e: dict) -> str:
+    """An elastic reset: who left or joined, the new world, where training continues."""
+    changes = [f"{what}: {', '.join(e[what])}" for what in ("left", "joined") if e[what]]
+    return (f"elastic reset #{e['number']}: world size {e['old_size']} -> {e['new_size']}"
+            + (f" ({'; '.join(changes)})" if changes else "")
+            + f", continuing from the last commit at epoch {e['epoch']} step {e['step']} "
+            f"(global step {e['global_step']}); the LR follows the new size")
+
+
 def step_stats(e: dict) -> str:
     return (f"loss {_fmt(e['loss'])} acc {_fmt_acc(e['acc'])} lr {e['lr']:.5g} "
             f"{e['images_per_s']:,.0f} img/s")
@@ -249,6 +258,8 @@ class PlainView:
             self.say(f"resumed from {e['path']} after epoch {e['epoch']}: model and optimizer "
                      f"state restored on "
                      f"{len(e['optimizer_hashes'])} ranks ({'identical' if same else 'DIFFERENT'})")
+        elif kind == "reset":
+            self.say(reset_line(e))
         elif kind == "warning":
             self.say(f"warning: {e['message']}")
         elif kind == "error":

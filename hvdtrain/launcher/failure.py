@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from hvdtrain.events import Line
 
 EXIT_LINE = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.")
+RESET_LIMIT = re.compile(r"number of resets during elastic job exceeded limit: (\d+)")
 # Stderr of a rank that died because another one did (Horovod shut down, peer connection lost).
 SECONDARY = re.compile(r"Horovod has been shut down|Connection (closed|reset) by peer")
 # ...unless it also shows a cause of its own.
@@ -59,6 +60,7 @@ class Diagnosis:
     exits: list[tuple[int, int]] = field(default_factory=list)  # (rank, code) in report order
     errors: list[str] = field(default_factory=list)  # "error" events from rank 0
     stall: list[str] = field(default_factory=list)  # Horovod's stall-inspector lines
+    reset_limit: int | None = None  # horovodrun stopped an elastic job at elastic.reset_limit
 
     def feed(self, line: Line) -> None:
         if line.event is not None:
@@ -69,6 +71,9 @@ class Diagnosis:
             m = EXIT_LINE.match(line.text)
             if m:
                 self.exits.append((int(m.group(1)), int(m.group(2))))
+            limit = RESET_LIMIT.search(line.text)
+            if limit:
+                self.reset_limit = int(limit.group(1))
             return
         if line.stream == "stderr":
             self.tails.setdefault(line.rank, deque(maxlen=TAIL)).append(line.text)
@@ -125,12 +130,13 @@ class Diagnosis:
         if self.stall:
             out.append("Horovod stall inspector: " + " | ".join(self.stall[-4:]))
         hint = self.hint()
-        failed = {r for r, c in self.exits if c != 0}
-        if self.settings.get("elastic") and len(failed) > 1:
-            hint = ("elastic mode could not continue: after losing a worker the surviving ranks "
-                    "crashed too. Upstream Horovod 0.28.1 on PyTorch + Gloo often dies this way "
-                    "(horovod issue #2908); continue from the last checkpoint with the resume "
-                    "command below")
+        if self.reset_limit is not None:
+            out.append(f"Horovod stopped the elastic job: it needed more than elastic.reset_limit"
+                       f"={self.reset_limit} resets; raise elastic.reset_limit, or fix what keeps "
+                       "failing, then resume from the last checkpoint")
+        elif self.settings.get("elastic") and len({r for r, c in self.exits if c != 0}) > 1:
+            hint = ("elastic mode could not continue: no worker survived; continue from the last "
+                    "checkpoint with the resume command below")
         if hint and not self.errors:
             out.append(f"hint: {hint}")
         return out

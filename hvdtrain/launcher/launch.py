@@ -231,9 +231,11 @@ def _starts_traceback(text: str) -> bool:
 def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
     """Keep what the run directory needs from an event: metrics lines and manifest facts."""
     kind = ev["event"]
-    if kind in ("step", "epoch"):
+    if kind in ("step", "epoch", "reset"):
         metrics.write(json.dumps({"time": time.time(), **ev}) + "\n")
         metrics.flush()
+    if kind == "reset":
+        info.setdefault("resets", []).append(ev)
     elif kind == "start":
         info["compression"] = ev.get("compression")
         info["worker_hosts"] = ev.get("hosts")

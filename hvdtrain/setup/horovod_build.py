@@ -185,11 +185,14 @@ def ensure_horovod(cache_dir: Path, force: bool = False) -> str:
         raise BuildError(f"patch file missing: {PATCH}")
     cfg = detect_config()
     built_for = horovod_built_torch()
-    if not force and installed_version("horovod") == cfg.horovod and built_for == cfg.torch:
+    recorded = (horovod_build_info() or {}).get("key")
+    if not force and installed_version("horovod") == cfg.horovod and built_for == cfg.torch \
+            and recorded == cfg.key:
         say(f"Horovod {cfg.horovod} already installed, built against torch {cfg.torch}: nothing to do")
-        if horovod_build_info() is None:
-            record_build_info()
         return "present"
+    if installed_version("horovod") and recorded != cfg.key:
+        say(f"installed Horovod was built as {recorded or 'an unknown build'}, this checkout wants "
+            f"{cfg.key} (a new patch or flags): reinstalling")
     if built_for and built_for != cfg.torch:
         say(f"installed Horovod was built against torch {built_for}, torch is now {cfg.torch}: rebuilding")
     slot = cache_dir / cfg.key
@@ -209,7 +212,7 @@ def ensure_horovod(cache_dir: Path, force: bool = False) -> str:
     # ...then resolve its runtime deps from the wheel's own metadata.
     pip("install", "--quiet", str(wheel))
     say(f"Horovod {cfg.horovod} ({'+'.join(cfg.flags)}) installed from {action} wheel")
-    record_build_info()
+    record_build_info(cfg.key)
     return action
 
 
@@ -218,14 +221,15 @@ print(json.dumps({"controllers": {"gloo": bool(hvd.gloo_built()), "mpi": bool(hv
                   "nccl": bool(hvd.nccl_built()), "torch": torch.__version__}))"""
 
 
-def record_build_info() -> dict:
+def record_build_info(key: str) -> dict:
     """Ask the installed Horovod (in a child) how it was built, and record it beside the package
-    so the CLI can check launch.controller without importing torch or horovod."""
+    with the cache ``key`` it came from, so the CLI can check launch.controller without importing
+    torch or horovod, and a later install sees when the patch or flags changed."""
     out = subprocess.run([sys.executable, "-c", BUILD_PROBE], capture_output=True, text=True)
     folder = horovod_dir()
     if out.returncode != 0 or folder is None:
         raise BuildError(f"the installed Horovod does not load: {out.stderr.strip()[-500:]}")
-    info = json.loads(out.stdout)
+    info = {**json.loads(out.stdout), "key": key}
     (folder / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
     say(f"recorded the build in {folder / BUILD_INFO}: controllers "
         + ", ".join(k for k, v in info["controllers"].items() if v))

@@ -1,13 +1,17 @@
 """The elastic mode (recipe section ``elastic``): workers may leave or join. It adds to the shared
 core only what Horovod's elastic API needs: the loop runs under ``hvd.elastic.run``, model,
 optimizer, sampler and counters live in a ``TorchState`` committed in memory every
-``elastic.commit_every`` steps and at every epoch end, and a reset callback reports the new world.
-The LR is a function of the current world size, so after a reset it follows the new size.
+``elastic.commit_every`` steps and at every epoch end, and after each reset rank 0 reports the new
+world (a ``reset`` event: sizes, hosts that left or joined, where training continues). The LR is a
+function of the current world size, so after a reset it follows the new size.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 
 import horovod.torch as hvd
 
@@ -16,33 +20,45 @@ from hvdtrain.events import WorkerExit
 from hvdtrain.worker.loop import Job, announce_start, restore, share_cores, train_epochs
 
 
+@dataclass
+class World:
+    """What this process saw of the job before the last reset (TorchState's counters are restored
+    from the last commit on a reset, so a reset count there would be lost)."""
+
+    resets: int = 0
+    hosts: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
 def run(job: Job, resume: bool) -> int:
     assert job.recipe.elastic is not None
     # Horovod: model, optimizer, sampler and counters, committed in memory and synced on reset.
     state = hvd.elastic.TorchState(model=job.model, optimizer=job.optimizer, sampler=job.sampler,
                                    epoch=0, batch=0, global_step=0, eval_loss=math.nan,
                                    eval_acc=math.nan, resets=0)
+    world = World()
 
     def on_reset() -> None:
-        state.resets += 1
-        if hvd.rank() == 0:
-            events.emit("warning", message=f"elastic reset #{state.resets}: world size now "
-                                           f"{hvd.size()}, LR follows the new size")
+        world.resets += 1
 
     state.register_reset_callbacks([on_reset])
     outcome, restored_from = restore(job, state) if resume else (WorkerExit.OK, "")
     if outcome != WorkerExit.OK:
         return outcome
     state.save()  # the first sync inside hvd.elastic.run broadcasts the *saved* state from rank 0
-    return _train(state, job, restored_from)
+    return _train(state, job, restored_from, world)
 
 
 @hvd.elastic.run
-def _train(state, job: Job, restored_from: str) -> int:
+def _train(state, job: Job, restored_from: str, world: World) -> int:
     """Runs again from the last commit after every reset (Horovod re-synchronises ``state``)."""
     hosts = share_cores()  # again after every reset: the world may have changed
-    if state.resets == 0:  # the first entry (on_reset counts every later one)
+    if not world.hosts:
         announce_start(job, state, hosts, restored_from)
+    elif hvd.rank() == 0:
+        report_reset(state, world, hosts)
+    world.hosts = hosts
+    state.resets = world.resets
     commit_every = job.recipe.elastic.commit_every
 
     def after_step(step: int) -> None:
@@ -53,3 +69,14 @@ def _train(state, job: Job, restored_from: str) -> int:
             state.commit()
 
     return train_epochs(job, state, after_step=after_step, after_epoch=state.commit)
+
+
+def report_reset(state, world: World, hosts: list[str]) -> None:
+    """Rank 0: the ``reset`` event (who left or joined, the new size, where training resumes)."""
+    old, new = Counter(world.hosts), Counter(hosts)
+    left, joined = sorted((old - new).elements()), sorted((new - old).elements())
+    # Horovod: the new world size after the re-rendezvous.
+    size = hvd.size()
+    events.emit("reset", number=world.resets, time=time.time(), old_size=len(world.hosts),
+                new_size=size, hosts=hosts, left=left, joined=joined, epoch=state.epoch + 1,
+                step=state.batch, global_step=state.global_step)
