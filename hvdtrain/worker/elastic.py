@@ -35,14 +35,16 @@ def run(job: Job, resume: bool) -> int:
     # Horovod: model, optimizer, sampler and counters, committed in memory and synced on reset.
     state = hvd.elastic.TorchState(model=job.model, optimizer=job.optimizer, sampler=job.sampler,
                                    epoch=0, batch=0, global_step=0, eval_loss=math.nan,
-                                   eval_acc=math.nan, resets=0)
+                                   eval_acc=math.nan, resets=0, started=False)
     world = World()
 
     def on_reset() -> None:
         world.resets += 1
 
     state.register_reset_callbacks([on_reset])
-    outcome, restored_from = restore(job, state) if resume else (WorkerExit.OK, "")
+    # Rank 0 restores; the first sync gives every rank (and any later joiner) its state.
+    outcome, restored_from = (restore(job, state, collective=False) if resume
+                              else (WorkerExit.OK, ""))
     if outcome != WorkerExit.OK:
         return outcome
     state.save()  # the first sync inside hvd.elastic.run broadcasts the *saved* state from rank 0
@@ -53,9 +55,11 @@ def run(job: Job, resume: bool) -> int:
 def _train(state, job: Job, restored_from: str, world: World) -> int:
     """Runs again from the last commit after every reset (Horovod re-synchronises ``state``)."""
     hosts = share_cores()  # again after every reset: the world may have changed
-    if not world.hosts:
+    if not state.started:  # synced from rank 0: every rank, joiners too, takes the same branch
         announce_start(job, state, hosts, restored_from)
-    elif hvd.rank() == 0:
+        state.started = True
+        state.save()  # (nothing trained yet) so a reset before the first commit keeps it
+    elif hvd.rank() == 0 and world.hosts:
         report_reset(state, world, hosts)
     world.hosts = hosts
     state.resets = world.resets

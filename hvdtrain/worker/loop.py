@@ -151,12 +151,15 @@ def share_cores() -> list[str]:
 
 # --- resume and start ---------------------------------------------------------------------------
 
-def restore(job: Job, counters: Counters) -> tuple[WorkerExit, str]:
-    """Every rank: continue after rank 0's newest valid checkpoint. Rank 0 loads it into the model
-    and optimizer (the caller's broadcast or state sync spreads them); returns (outcome, path)."""
+def restore(job: Job, counters: Counters, collective: bool = True) -> tuple[WorkerExit, str]:
+    """Continue after rank 0's newest valid checkpoint: rank 0 loads it into the model and
+    optimizer (the caller's broadcast or state sync spreads them) and sets ``counters``; returns
+    (outcome, path). ``collective``: every rank learns rank 0's epoch by a broadcast (normal mode);
+    elastic mode leaves that to the state sync, since a worker joining later restores nothing."""
     epoch, path = restore_checkpoint(job) if hvd.rank() == 0 else (0, "")
-    # Horovod: every rank resumes from rank 0's epoch (-1: rank 0 could not load a checkpoint).
-    epoch = int(hvd.broadcast(torch.tensor(epoch), root_rank=0, name="start_epoch").item())
+    if collective:
+        # Horovod: every rank resumes from rank 0's epoch (-1: rank 0 could not load a checkpoint).
+        epoch = int(hvd.broadcast(torch.tensor(epoch), root_rank=0, name="start_epoch").item())
     if epoch < 0:
         return WorkerExit.NO_CHECKPOINT, ""
     counters.epoch, counters.batch = epoch, 0
