@@ -122,6 +122,15 @@ def hosts(
 
 
 @app.command()
+def runs(
+    folder: Annotated[str, typer.Argument(help="Folder of run directories.")] = "runs",
+    as_json: JsonOpt = False,
+) -> None:
+    """List past and current runs, newest first: status, np, epochs done, best eval accuracy."""
+    raise typer.Exit(_commands().runs(folder, as_json))
+
+
+@app.command()
 def plan(recipe: RecipeArg, overrides: OverridesArg = None, np: NpOpt = None,
          hosts: HostsOpt = None, hostfile: HostfileOpt = None, resume: ResumeOpt = None,
          as_json: JsonOpt = False) -> None:

@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 def hvdtrain(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
              timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the installed console script, as a user would."""
-    full_env = dict(os.environ, COLUMNS="200", NO_COLOR="1", **(env or {}))
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
     return subprocess.run([str(BIN / "hvdtrain"), *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -124,6 +124,26 @@ def hosts(hostfile: str, check: bool, ssh_port: int | None, ssh_identity_file: s
     return 0
 
 
+def runs(folder: str, as_json: bool) -> int:
+    """The run directories under ``folder``, newest first."""
+    from pathlib import Path
+
+    from hvdtrain.launcher.runs import list_runs
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise UserError(f"{folder} is not a directory: give the folder that holds your run "
+                        "directories (launch.output_dir, default runs/)")
+    rows = list_runs(path)
+    if as_json:
+        _echo_json(rows)
+    else:
+        from hvdtrain.launcher.display import print_runs
+
+        print_runs(_out(), rows, folder)
+    return 0
+
+
 def _check_options(check: bool, ssh_port: int | None, ssh_identity_file: str | None,
                    network_interfaces: str | None, timeout: float | None) -> None:
     """`hosts` options that only mean something with --check, and their ranges."""

@@ -49,6 +49,42 @@ def recipes_table(rows: list[dict]) -> Table:
     return table
 
 
+RUN_STYLES = {"finished": "green", "running": "blue", "failed": "red", "killed": "red",
+              "interrupted": "yellow"}
+
+
+def _run_fields(r: dict) -> list[str]:
+    wall = r["wall_seconds"]
+    return [f"[{RUN_STYLES.get(r['status'], 'white')}]{r['status']}[/]", str(r["np"] or "-"),
+            f"{r['epochs_done']}/{r['epochs'] or '?'}", _fmt_acc(r["best_eval_acc"]),
+            "-" if wall is None else f"{wall:,.0f}s"]
+
+
+def print_runs(console: Console, rows: list[dict], folder: str) -> None:
+    """`hvdtrain runs`, newest first: a table when every run name fits on its line, else one
+    block per run (the name alone on its line); names never break. Recipe, hosts and start time
+    of each run are in ``--json``."""
+    from rich import box
+
+    console.print(f"runs in {escape(folder)} (newest first)" if rows
+                  else f"no run directories in {escape(folder)}")
+    heads = ("run", "status", "np", "epochs", "best eval", "wall")
+    if rows and max(len(r["name"]) for r in rows) + 46 > console.width:
+        for r in rows:
+            console.print(escape(r["name"]), soft_wrap=True)
+            console.print("   " + "  ".join(f"{h} {v}" for h, v in zip(heads[1:], _run_fields(r),
+                                                                       strict=True)))
+        return
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in heads:
+        table.add_column(col, no_wrap=True, min_width=len(col),
+                         justify="left" if col in ("run", "status") else "right")
+    for r in rows:
+        table.add_row(escape(r["name"]), *_run_fields(r))
+    if rows:
+        console.print(table)
+
+
 def print_validation(results: list[dict]) -> None:
     """`hvdtrain validate`: OK lines (with warnings) on stdout, ERROR blocks on stderr."""
     for r in results:

@@ -1,0 +1,76 @@
+"""`hvdtrain runs [DIR]`: the run directories under DIR (default: runs/), newest first, read from
+their manifests and metrics only (no torch), so it works on a copied runs/ folder too."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from hvdtrain.rundir import RunDir
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _epochs(metrics: Path) -> list[dict[str, Any]]:
+    """The epoch records of metrics.jsonl; a line cut off by a killed writer is skipped."""
+    out = []
+    try:
+        lines = metrics.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "epoch":
+            out.append(record)
+    return out
+
+
+def _seconds(stamp: str | None) -> float | None:
+    try:
+        return time.mktime(time.strptime(stamp or "", "%Y-%m-%dT%H:%M:%S%z"))
+    except ValueError:
+        return None
+
+
+def describe(folder: Path) -> dict[str, Any] | None:
+    """One run directory as a row, or None when ``folder`` is not one (no readable manifest)."""
+    info = RunDir(folder).read_manifest()
+    if not isinstance(info, dict) or "argv" not in info:
+        return None
+    status = info.get("status") or ("finished" if info.get("exit_status") == 0 else "failed")
+    if status == "running" and not _alive(info.get("launcher_pid")):
+        status = "killed"  # nothing runs it any more (hvdtrain died before recording the end)
+    epochs = _epochs(RunDir(folder).metrics_file)
+    accs = [e["eval_acc"] for e in epochs if isinstance(e.get("eval_acc"), (int, float))]
+    start, end = _seconds(info.get("start_time")), _seconds(info.get("end_time"))
+    wall = None if not start or (end is None and status != "running") else \
+        (end or time.time()) - start  # a killed run's end is unknown
+    total = ((info.get("recipe_resolved") or {}).get("train") or {}).get("epochs")
+    return {"run_dir": str(folder), "name": folder.name, "recipe": info.get("recipe"),
+            "status": status, "np": info.get("np"),
+            "hosts": [h.get("host") for h in info.get("hosts", []) if isinstance(h, dict)],
+            "epochs_done": max((e.get("epoch", 0) for e in epochs), default=0),
+            "epochs": total, "best_eval_acc": max(accs) if accs else None,
+            "wall_seconds": wall, "start_time": info.get("start_time")}
+
+
+def list_runs(folder: Path) -> list[dict[str, Any]]:
+    """Every run directory directly under ``folder``, newest first; other folders are skipped."""
+    rows = [row for d in folder.iterdir() if d.is_dir() and (row := describe(d)) is not None]
+    return sorted(rows, key=lambda r: r["start_time"] or "", reverse=True)
