@@ -169,6 +169,7 @@ class TrainConfig(_Section):
     watchdog_seconds: NonNegInt = 600  # end the run after this long without progress (0 = off)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: one GPU per rank when CUDA is there
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # compute (torch.autocast)
+    tensorboard: bool = True  # rank 0 writes RUN_DIR/tensorboard/ (when tensorboard is installed)
 
     @model_validator(mode="after")
     def _fp16_needs_cuda(self) -> TrainConfig:

@@ -7,6 +7,7 @@ the directory and keeps the manifest, metrics and logs; rank 0 writes checkpoint
     <run dir>/checkpoints/epoch-NNNN.pt   rank 0's checkpoints (temp files: .tmp-*)
     <run dir>/logs/rank.N/stdout|stderr   every rank's output
     <run dir>/logs/horovodrun.log         horovodrun's own lines
+    <run dir>/tensorboard/                TensorBoard event files (rank 0)
 
 Standard library, PyYAML and the recipe schema only: no torch.
 """
@@ -87,6 +88,10 @@ class RunDir:
     @property
     def logs(self) -> Path:
         return self.path / "logs"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
 
     def rank_log(self, rank: int | None, stream: str) -> Path:
         """``logs/rank.N/<stream>``; rank None is horovodrun itself (``logs/horovodrun.log``)."""

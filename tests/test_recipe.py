@@ -94,7 +94,7 @@ def test_unknown_key_without_close_match_lists_valid_keys(tmp_path: Path) -> Non
     _, problems = errors_of(tmp_path, "train:\n  zzz: 1\n")
     assert problems == ["r.yaml:2: train.zzz: unknown key; valid keys: epochs, seed, eval_every, "
                         "checkpoint_every, keep_checkpoints, log_interval, max_steps_per_epoch, "
-                        "on_nonfinite, watchdog_seconds, device, precision"]
+                        "on_nonfinite, watchdog_seconds, device, precision, tensorboard"]
 
 
 def test_override_errors_name_the_override(tmp_path: Path) -> None:

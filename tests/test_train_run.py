@@ -82,6 +82,34 @@ def test_warmup_lr_in_metrics_equals_the_schedule(digits_run) -> None:
     assert warm[0]["lr"] < warm[-1]["lr"] == pytest.approx(0.2)  # warmup visible, reaches peak
 
 
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series TensorBoard itself reads back from a run's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_curves_match_the_metrics(digits_run) -> None:
+    run_dir, _ = digits_run
+    curves = scalars(run_dir / "tensorboard")
+    assert set(curves) == {"train/lr", "train/loss", "train/accuracy", "train/images_per_s",
+                           "eval/loss", "eval/accuracy", "epoch/seconds", "epoch/images_per_s",
+                           "epoch/data_wait_share"}
+    recipe = load_recipe("digits-cnn").recipe
+    lrs = curves["train/lr"]
+    assert [s for s, _ in lrs] == list(range(1, 12 * 22 + 1))  # every step: the warmup shows
+    for step, value in lrs:
+        assert value == pytest.approx(lr_at(step - 1, 22, 2, lr_config(recipe)), rel=1e-6, abs=1e-9)
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert curves["eval/accuracy"] == [(r["global_step"], pytest.approx(r["eval_acc"], rel=1e-6))
+                                       for r in epochs]
+    windows = [r for r in records if r["event"] == "step"]
+    assert [s for s, _ in curves["train/loss"]] == [r["global_step"] for r in windows]
+
+
 def test_non_tty_output_has_no_escape_codes(digits_run) -> None:
     _, proc = digits_run
     assert "\x1b" not in proc.stdout and "\x1b" not in proc.stderr
@@ -118,6 +146,8 @@ def test_resume_continues_at_the_next_epoch_with_restored_optimizer_state(tmp_pa
     assert epochs == [1, 2]  # nothing lost, nothing repeated
     first_step_after = next(e for e in events if e["event"] == "step")
     assert first_step_after["global_step"] > 22  # the schedule continues from step 22
+    steps = [s for s, _ in scalars(run_dir / "tensorboard")["train/lr"]]
+    assert steps == list(range(1, 2 * 22 + 1))  # one curve, appended, no step twice
 
 
 def test_resume_with_a_changed_model_is_refused(tmp_path: Path, run_cli) -> None:

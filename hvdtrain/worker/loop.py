@@ -31,6 +31,7 @@ from hvdtrain.recipe import IN_MEMORY, Recipe, lr_config
 from hvdtrain.rundir import RunDir
 from hvdtrain.schedule import LRConfig, lr_at, peak_lr, steps_per_epoch
 from hvdtrain.worker import checkpoint
+from hvdtrain.worker.board import Board, open_board
 from hvdtrain.worker.data import eval_shard
 from hvdtrain.worker.devices import Seen, autocast, choose_device
 from hvdtrain.worker.faults import Hooks
@@ -85,6 +86,7 @@ class Job:
     beat: Heartbeat
     device: torch.device
     scaler: torch.amp.GradScaler | None = None  # precision fp16 only
+    board: Board = field(default_factory=Board)  # rank 0's TensorBoard writer (or a no-op)
     cfg: LRConfig = field(init=False)
     params: list[torch.nn.Parameter] = field(init=False)
 
@@ -378,12 +380,15 @@ def run_steps(job: Job, counters: Counters, spe: int, meter: Meter,
             raise
         counters.global_step += 1
         counters.batch = step + 1
+        job.board.scalars(counters.global_step, train__lr=lr)
         if sums is not None:
             meter.add(sums)
         if after_step is not None:
             after_step(step)
         if (step + 1) % log_interval == 0 or step + 1 == spe:
             loss, acc, rate = meter.flush()
+            job.board.scalars(counters.global_step, train__loss=loss, train__accuracy=acc,
+                              train__images_per_s=rate)
             if rank == 0:
                 events.emit("step", epoch=epoch, step=step + 1, steps=spe,
                             global_step=counters.global_step, loss=loss, acc=acc, lr=lr,
@@ -407,11 +412,17 @@ def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
     if hvd.rank() != 0:
         return
     sums = meter.epoch
+    rate = meter.epoch_steps * meter.images_per_step / max(seconds, 1e-9)
+    job.board.scalars(counters.global_step, eval__loss=counters.eval_loss if evaluated else None,
+                      eval__accuracy=counters.eval_acc if evaluated else None,
+                      epoch__seconds=seconds, epoch__images_per_s=rate,
+                      epoch__data_wait_share=meter.data_wait / max(seconds, 1e-9))
+    job.board.flush()
     events.emit("epoch", epoch=epoch, epochs=train.epochs,
                 train_loss=(sums[0] / sums[2]).item(), train_acc=(sums[1] / sums[2]).item(),
                 eval_loss=counters.eval_loss if evaluated else None,
                 eval_acc=counters.eval_acc if evaluated else None, seconds=seconds,
-                images_per_s=meter.epoch_steps * meter.images_per_step / max(seconds, 1e-9),
+                images_per_s=rate,
                 data_wait_share=meter.data_wait / max(seconds, 1e-9),
                 lr=lr, global_step=counters.global_step, world_size=hvd.size())
     if epoch % train.checkpoint_every == 0 or last:
@@ -422,6 +433,9 @@ def train_epochs(job: Job, counters: Counters, after_step: Callable[[int], None]
                  after_epoch: Callable[[], None] | None = None) -> int:
     """Train from ``counters`` to the last epoch, then ``finish``. Returns a ``WorkerExit``."""
     rank = hvd.rank()
+    if job.board.writer is None:  # rank 0, once per process (elastic re-entries keep it)
+        job.board = open_board(job.run_dir.tensorboard, job.recipe.train.tensorboard, rank,
+                               counters.global_step)
     while counters.epoch < job.recipe.train.epochs:
         spe = job.steps_per_epoch()
         job.hooks.epoch_start(rank, counters.epoch + 1)

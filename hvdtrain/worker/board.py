@@ -1,0 +1,38 @@
+"""TensorBoard curves from rank 0, in ``RUN_DIR/tensorboard/`` (as Horovod's PyTorch example and
+Lightning do): loss and accuracy per log window, the LR every step (the warmup is visible), eval
+loss and accuracy, images/s, epoch time and the share of it spent waiting for data.
+``train.tensorboard: false``, another rank, or no tensorboard package: every call does nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class Board:
+    def __init__(self, writer: Any = None) -> None:
+        self.writer = writer
+
+    def scalars(self, step: int, **values: float | None) -> None:
+        if self.writer is None:
+            return
+        for tag, value in values.items():
+            if value is not None:
+                self.writer.add_scalar(tag.replace("__", "/"), value, step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+
+def open_board(folder: Path, enabled: bool, rank: int, first_step: int) -> Board:
+    """Rank 0's writer. ``first_step``: the last step already done when this process starts; a
+    resumed run's older events after it are dropped (``purge_step``), so curves continue without
+    duplicates."""
+    if not enabled or rank != 0:
+        return Board()
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is an optional extra (make install installs it)
+        return Board()
+    return Board(SummaryWriter(str(folder), purge_step=first_step + 1 if first_step else None))
