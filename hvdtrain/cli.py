@@ -131,6 +131,18 @@ def runs(
 
 
 @app.command()
+def report(
+    run_dirs: Annotated[list[str], typer.Argument(help="Run directories to plot (overlaid).")],
+    out: Annotated[Optional[str], typer.Option(
+        "-o", "--output", help="PNG to write (default: RUN_DIR/report.png for one run, else "
+                               "./report.png).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Plot loss, accuracy, LR and images/s of runs into one PNG, and summarise them."""
+    raise typer.Exit(_commands().report(run_dirs, out, as_json))
+
+
+@app.command()
 def plan(recipe: RecipeArg, overrides: OverridesArg = None, np: NpOpt = None,
          hosts: HostsOpt = None, hostfile: HostfileOpt = None, resume: ResumeOpt = None,
          as_json: JsonOpt = False) -> None:

@@ -144,6 +144,20 @@ def runs(folder: str, as_json: bool) -> int:
     return 0
 
 
+def report(run_dirs: list[str], out: str | None, as_json: bool) -> int:
+    """One PNG of one or more runs' curves, and a summary table."""
+    from hvdtrain.launcher.report import report as write_report
+
+    path, rows = write_report(run_dirs, out)
+    if as_json:
+        _echo_json({"png": str(path), "runs": rows})
+    else:
+        from hvdtrain.launcher.display import print_report
+
+        print_report(_out(), rows, path)
+    return 0
+
+
 def _check_options(check: bool, ssh_port: int | None, ssh_identity_file: str | None,
                    network_interfaces: str | None, timeout: float | None) -> None:
     """`hosts` options that only mean something with --check, and their ranges."""

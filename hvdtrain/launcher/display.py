@@ -85,6 +85,21 @@ def print_runs(console: Console, rows: list[dict], folder: str) -> None:
         console.print(table)
 
 
+def print_report(console: Console, rows: list[dict], png: object) -> None:
+    """`hvdtrain report`: one block per run (labels can be long), then where the picture is."""
+    for r in rows:
+        wall, rate = r["wall_seconds"], r["images_per_s"]
+        console.print(f"[bold]{escape(r['run'])}[/]  {escape(r['run_dir'])}", soft_wrap=True)
+        console.print(f"   eval accuracy final {_fmt_acc(r['final_eval_acc'])}, best "
+                      f"{_fmt_acc(r['best_eval_acc'])}; {r['epochs']} epoch(s), "
+                      f"{'-' if wall is None else f'{wall:,.0f} s'}, "
+                      f"{'-' if rate is None else f'{rate:,.0f}'} images/s; np {r['np']} on "
+                      f"{escape(', '.join(r['hosts']))}"
+                      + (f"; {r['unreadable_lines']} unreadable metrics line(s) skipped"
+                         if r["unreadable_lines"] else ""))
+    console.print(f"wrote {escape(str(png))}", soft_wrap=True)
+
+
 def print_validation(results: list[dict]) -> None:
     """`hvdtrain validate`: OK lines (with warnings) on stdout, ERROR blocks on stderr."""
     for r in results:

@@ -1,0 +1,148 @@
+"""`hvdtrain report RUN_DIR [RUN_DIR ...]`: one PNG of the curves (loss and accuracy by epoch,
+the LR by step, images/s by epoch), several runs overlaid and named by what differs between them,
+and a text summary. It reads only run directories (manifest.json, metrics.jsonl): no torch, no
+horovod, so a copied run directory can be looked at anywhere matplotlib is installed."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hvdtrain.errors import UserError
+from hvdtrain.launcher.runs import describe
+from hvdtrain.rundir import RunDir
+
+# What a run is named by when runs differ in it (manifest or resolved-recipe values).
+DIFFERS = [("recipe", lambda m: m.get("recipe")), ("np", lambda m: m.get("np")),
+           ("compression", lambda m: (m.get("recipe_resolved") or {}).get("horovod", {})
+            .get("compression")),
+           ("precision", lambda m: (m.get("recipe_resolved") or {}).get("train", {})
+            .get("precision")),
+           ("base_lr", lambda m: (m.get("recipe_resolved") or {}).get("optimizer", {})
+            .get("base_lr"))]
+
+
+@dataclass
+class Run:
+    folder: Path
+    manifest: dict[str, Any]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    skipped_lines: int = 0
+    label: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.manifest.get("status") == "running"
+
+
+def load_run(path: str) -> Run:
+    """A run directory's manifest and metrics; lines cut off by a killed writer are counted."""
+    folder = RunDir(Path(path))
+    manifest = folder.read_manifest()
+    if not isinstance(manifest, dict) or "argv" not in manifest:
+        raise UserError(f"{path} is not an hvdtrain run directory (no readable manifest.json): "
+                        "give directories that `hvdtrain run` created (see `hvdtrain runs`)")
+    run = Run(folder.path, manifest)
+    try:
+        lines = folder.metrics_file.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            run.skipped_lines += 1
+            continue
+        if isinstance(record, dict) and record.get("event") in ("step", "epoch"):
+            (run.steps if record["event"] == "step" else run.epochs).append(record)
+    return run
+
+
+def name_runs(runs: list[Run]) -> None:
+    """Label each run by the settings that differ between the runs (else by its directory)."""
+    differing = [(key, get) for key, get in DIFFERS
+                 if len({json.dumps(get(r.manifest)) for r in runs}) > 1]
+    for r in runs:
+        parts = [f"{key}={get(r.manifest)}" for key, get in differing]
+        r.label = ", ".join(parts) if parts else r.folder.name
+    labels = [r.label for r in runs]
+    for r in runs:
+        if labels.count(r.label) > 1 and r.label != r.folder.name:  # same settings: say which
+            r.label += f" ({r.folder.name})"
+        if r.running:
+            r.label += " (still running)"
+
+
+def figure(runs: list[Run]):
+    """The 2x2 figure: loss, accuracy, LR, images/s (matplotlib's Agg backend, no display)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("hvdtrain report draws with matplotlib, which is not installed here: "
+                        "pip install 'hvdtrain[report]' (make install does)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
+    (loss, acc), (lr, speed) = axes
+    for r in runs:
+        ep = [e["epoch"] for e in r.epochs]
+        line = loss.plot(ep, [e["train_loss"] for e in r.epochs], marker=".",
+                         label=f"{r.label} train")[0]
+        ev = [e for e in r.epochs if isinstance(e.get("eval_loss"), (int, float))]
+        loss.plot([e["epoch"] for e in ev], [e["eval_loss"] for e in ev], "--", marker=".",
+                  color=line.get_color(), label=f"{r.label} eval")
+        acc.plot(ep, [e["train_acc"] for e in r.epochs], marker=".", color=line.get_color(),
+                 label=f"{r.label} train")
+        acc.plot([e["epoch"] for e in ev], [e["eval_acc"] for e in ev], "--", marker=".",
+                 color=line.get_color(), label=f"{r.label} eval")
+        lr.plot([s["global_step"] for s in r.steps], [s["lr"] for s in r.steps],
+                color=line.get_color(), label=r.label)
+        speed.plot(ep, [e["images_per_s"] for e in r.epochs], marker=".",
+                   color=line.get_color(), label=r.label)
+    for ax, title, xlabel in ((loss, "loss", "epoch"), (acc, "accuracy", "epoch"),
+                              (lr, "learning rate (logged steps)", "global step"),
+                              (speed, "images/s (all ranks)", "epoch")):
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def summary(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per run: final and best eval accuracy, wall time, images/s, np, hosts."""
+    rows = []
+    for r in runs:
+        accs = [e["eval_acc"] for e in r.epochs if isinstance(e.get("eval_acc"), (int, float))]
+        rates = [e["images_per_s"] for e in r.epochs[1:] or r.epochs]
+        rows.append({"run": r.label, "run_dir": str(r.folder), "np": r.manifest.get("np"),
+                     "hosts": sorted({h.get("host") for h in r.manifest.get("hosts", [])}),
+                     "epochs": len(r.epochs), "final_eval_acc": accs[-1] if accs else None,
+                     "best_eval_acc": max(accs) if accs else None,
+                     "wall_seconds": (describe(r.folder) or {}).get("wall_seconds"),
+                     "images_per_s": statistics.median(rates) if rates else None,
+                     "status": r.manifest.get("status"), "unreadable_lines": r.skipped_lines})
+    return rows
+
+
+def report(paths: list[str], out: str | None) -> tuple[Path, list[dict[str, Any]]]:
+    """Write the PNG; returns its path and the summary rows."""
+    runs = [load_run(p) for p in paths]
+    empty = [str(r.folder) for r in runs if not r.epochs]
+    if len(empty) == len(runs):
+        raise UserError(f"nothing to plot: no completed epoch in {', '.join(empty)} (a run shows "
+                        "up here after its first epoch)")
+    name_runs(runs)
+    target = Path(out) if out else (runs[0].folder / "report.png" if len(runs) == 1
+                                    else Path("report.png"))
+    try:
+        figure(runs).savefig(target)
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror}: choose another -o") from None
+    return target, summary(runs)
