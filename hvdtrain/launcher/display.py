@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 
 from hvdtrain.machine import classify_interface
@@ -22,18 +23,21 @@ _LEVEL_STYLE = {"ok": "[green]ok[/]", "info": "[blue]info[/]", "warn": "[yellow]
 
 
 def doctor_table(checks: list[Check]) -> Table:
+    """Check, status and finding; the fixes are printed below (they are sentences)."""
     table = Table(title="hvdtrain doctor", show_lines=False)
-    table.add_column("check", style="bold")
-    table.add_column("status")
+    table.add_column("check", style="bold", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     table.add_column("detail", overflow="fold")
-    table.add_column("fix", overflow="fold")
     for c in checks:
-        table.add_row(escape(c.name), _LEVEL_STYLE[c.level], escape(c.detail), escape(c.fix or ""))
+        table.add_row(escape(c.name), _LEVEL_STYLE[c.level], escape(c.detail))
     return table
 
 
 def print_doctor(console: Console, checks: list[Check], ok: bool) -> None:
     console.print(doctor_table(checks))
+    for c in checks:
+        if c.fix:
+            console.print(f"fix for {escape(c.name)}: {escape(c.fix)}", soft_wrap=True)
     if ok:
         console.print("[green]This machine can run hvdtrain.[/]")
     else:
@@ -42,7 +46,7 @@ def print_doctor(console: Console, checks: list[Check], ok: bool) -> None:
 
 def recipes_table(rows: list[dict]) -> Table:
     table = Table(title="shipped recipes (run one: hvdtrain run NAME)")
-    table.add_column("name", style="bold")
+    table.add_column("name", style="bold", no_wrap=True)
     table.add_column("description")
     for row in rows:
         table.add_row(row["name"], escape(row["description"]))
@@ -113,19 +117,12 @@ def print_validation(results: list[dict]) -> None:
 
 
 def print_hosts(console: Console, hosts: HostList) -> None:
-    console.print(hosts_table(hosts))
+    """`hvdtrain hosts FILE`: host, slots and line; names whole at any width."""
+    console.print(f"hosts from {escape(hosts.source)}", soft_wrap=True)
+    print_table_or_blocks(console, ("host", "slots", "line"),
+                          [[escape(h.name), str(h.slots), str(h.line)] for h in hosts.hosts])
+    console.print(f"{len(hosts.hosts)} host(s), {hosts.total_slots} slot(s)")
     print_warnings(console, hosts.warnings)
-
-
-def hosts_table(hosts: HostList) -> Table:
-    table = Table(title=f"hosts from {escape(hosts.source)}")
-    table.add_column("line", justify="right")
-    table.add_column("host")
-    table.add_column("slots", justify="right")
-    for h in hosts.hosts:
-        table.add_row(str(h.line), escape(h.name), str(h.slots))
-    table.caption = f"{len(hosts.hosts)} host(s), {hosts.total_slots} slot(s)"
-    return table
 
 
 def print_warnings(console: Console, warnings: list[str] | tuple[str, ...]) -> None:
@@ -135,9 +132,6 @@ def print_warnings(console: Console, warnings: list[str] | tuple[str, ...]) -> N
 
 def print_plan(console: Console, plan: Plan) -> None:
     r = plan.recipe
-    summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="bold")
-    summary.add_column()
     rows = [
         ("recipe", f"{plan.recipe_name}: {r.description}"),
         ("data", f"{r.data.dataset}, {plan.train_samples} train / {plan.eval_samples} eval samples"),
@@ -159,22 +153,17 @@ def print_plan(console: Console, plan: Plan) -> None:
         ("environment", ", ".join(f"{k}={v}" for k, v in plan.env.items()) or "(inherited only)"),
         ("run dir", str(plan.run_dir)),
     ]
-    for key, value in rows:
-        summary.add_row(key, escape(value))
-    console.print(summary)
-
-    ranks = Table(title="rank placement")
-    for col in ("rank", "host", "local rank", "device"):
-        ranks.add_column(col)
-    for p in plan.placement:
-        ranks.add_row(str(p.rank), escape(p.host), str(p.local_rank),
-                      _device_text(r.train.device, p.local_rank))
+    for key, value in rows:  # one line each: paths and names are never cut
+        console.print(f"[bold]{key:<14}[/] {escape(value)}", soft_wrap=True)
+    print_table_or_blocks(
+        console, ("host", "rank", "local rank", "device"),
+        [[escape(p.host), str(p.rank), str(p.local_rank), _device_text(r.train.device, p.local_rank)]
+         for p in plan.placement], title="rank placement")
     lrs = Table(title="learning rate")
     for col in ("point", "step", "epoch", "lr"):
         lrs.add_column(col)
     for label, step, lr in plan.lr_points:
         lrs.add_row(label, str(step), f"{(step + 1) / plan.steps_per_epoch:.2f}", f"{lr:.6g}")
-    console.print(ranks)
     console.print(lrs)
     print_warnings(console, plan.warnings)
     console.print("[bold]horovodrun command:[/]")
@@ -187,23 +176,54 @@ def _device_text(setting: str, local_rank: int | None = None) -> str:
     return {"cpu": "cpu", "cuda": gpu}.get(setting, f"{gpu} if CUDA is there, else cpu")
 
 
+def print_table_or_blocks(console: Console, heads: tuple[str, ...], rows: list[list[str]],
+                          title: str | None = None) -> None:
+    """A table whose first column (host names, run names, keys) never breaks: when the widest
+    first cell does not fit beside the other columns, one block per row instead, the name alone
+    on its line and the other columns as ``head value`` pairs below it."""
+    from rich import box
+    from rich.text import Text
+
+    if title:
+        console.print(title)
+    rest = max((sum(Text.from_markup(c).cell_len for c in row[1:]) for row in rows), default=0)
+    widest = max((Text.from_markup(row[0]).cell_len for row in rows), default=0)
+    if widest + rest + 3 * len(heads) > console.width:
+        for row in rows:
+            console.print(row[0], soft_wrap=True)
+            pairs = [f"{h} {v}" for h, v in zip(heads[1:], row[1:], strict=True) if v]
+            console.print("   " + "  ".join(pairs), soft_wrap=True)
+        return
+    table = Table(box=box.SIMPLE_HEAD)
+    for i, head in enumerate(heads):
+        table.add_column(head, no_wrap=i == 0, min_width=len(head))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def print_preflight(console: Console, report: dict) -> None:
-    """The `hosts --check` table: one row per host, problems spelled out."""
-    table = Table(title="pre-flight check")
-    for col in ("host", "ssh", "python", "torch", "horovod", "hvdtrain", "interfaces", "problems"):
-        table.add_column(col, overflow="fold")
+    """`hosts --check`: a table of versions per host (names whole at any width), then each
+    host's interfaces and problems as blocks below it."""
+    rows, notes = [], []
     for r in report["hosts"]:
         f = r["facts"] or {}
         v = f.get("versions", {})
+        ssh = "local" if r["local"] else ("[green]ok[/]" if r["reachable"] else "[red]unreachable[/]")
+        rows.append([escape(r["host"]), ssh, f.get("python", ""), v.get("torch") or "",
+                     v.get("horovod") or "", v.get("hvdtrain") or ""])
         ifaces = ", ".join(
             n if (kind := classify_interface(n, a)) == "physical" else f"{n} ({kind})"
             for n, a in sorted(f.get("interfaces", {}).items()))
-        ssh = "local" if r["local"] else ("[green]ok[/]" if r["reachable"] else "[red]unreachable[/]")
-        problems = "\n".join(r["problems"]) or "[green]none[/]"
-        table.add_row(escape(r["host"]), ssh, f.get("python", ""), v.get("torch") or "",
-                      v.get("horovod") or "", v.get("hvdtrain") or "", escape(ifaces),
-                      problems if not r["problems"] else f"[red]{escape(problems)}[/]")
-    console.print(table)
+        lines = ([f"interfaces: {escape(ifaces)}"] if ifaces else []) + \
+            [f"[red]{escape(p)}[/]" for p in r["problems"]]
+        notes.append((r["host"], lines))
+    print_table_or_blocks(console, ("host", "ssh", "python", "torch", "horovod", "hvdtrain"), rows,
+                          title="pre-flight check")
+    for host, lines in notes:  # sentences wrap at spaces, indented under their host
+        console.print(f"{escape(host)}:", soft_wrap=True)
+        for line in lines:
+            console.print(Padding(line, (0, 0, 0, 2)))
     common = ", ".join(report["common_interfaces"]) or "none"
     console.print(f"interfaces on every host (not loopback/docker/bridge): {escape(common)}")
     if report["recommended_network_interfaces"]:
