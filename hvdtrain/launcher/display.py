@@ -65,28 +65,17 @@ def _run_fields(r: dict) -> list[str]:
 
 
 def print_runs(console: Console, rows: list[dict], folder: str) -> None:
-    """`hvdtrain runs`, newest first: a table when every run name fits on its line, else one
-    block per run (the name alone on its line); names never break. Recipe, hosts and start time
-    of each run are in ``--json``."""
-    from rich import box
-
-    console.print(f"runs in {escape(folder)} (newest first)" if rows
-                  else f"no run directories in {escape(folder)}")
-    heads = ("run", "status", "np", "epochs", "best eval", "wall")
-    if rows and max(len(r["name"]) for r in rows) + 46 > console.width:
-        for r in rows:
-            console.print(escape(r["name"]), soft_wrap=True)
-            console.print("   " + "  ".join(f"{h} {v}" for h, v in zip(heads[1:], _run_fields(r),
-                                                                       strict=True)))
+    """`hvdtrain runs`, newest first: a table on wide terminals, one block per run (the name alone
+    on its line) on narrow ones; names never break."""
+    if not rows:
+        console.print(f"no run directories in {escape(folder)}")
         return
-    table = Table(box=box.SIMPLE_HEAD)
-    for col in heads:
-        table.add_column(col, no_wrap=True, min_width=len(col),
-                         justify="left" if col in ("run", "status") else "right")
-    for r in rows:
-        table.add_row(escape(r["name"]), *_run_fields(r))
-    if rows:
-        console.print(table)
+    heads = ("run", "recipe", "status", "np", "hosts", "epochs", "best eval", "wall", "started")
+    print_table_or_blocks(console, heads, [
+        [escape(r["name"]), escape(r["recipe"] or "-"), _run_fields(r)[0], str(r["np"] or "-"),
+         escape(",".join(dict.fromkeys(r["hosts"])) or "-"), *_run_fields(r)[2:],
+         (r["start_time"] or "-")[:16].replace("T", " ")] for r in rows],
+        title=f"runs in {escape(folder)} (newest first)")
 
 
 def print_report(console: Console, rows: list[dict], png: object) -> None:
@@ -192,7 +181,7 @@ def print_table_or_blocks(console: Console, heads: tuple[str, ...], rows: list[l
         for row in rows:
             console.print(row[0], soft_wrap=True)
             pairs = [f"{h} {v}" for h, v in zip(heads[1:], row[1:], strict=True) if v]
-            console.print("   " + "  ".join(pairs), soft_wrap=True)
+            console.print(Padding("  ".join(pairs), (0, 0, 0, 3)))  # wraps at spaces only
         return
     table = Table(box=box.SIMPLE_HEAD)
     for i, head in enumerate(heads):
