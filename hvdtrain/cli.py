@@ -62,6 +62,10 @@ RunDirOpt = Annotated[Optional[str], typer.Option(
 ResumeOpt = Annotated[Optional[str], typer.Option(
     "--resume", help="Continue the run in this run directory from its newest valid checkpoint.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+SlurmOpt = Annotated[Optional[bool], typer.Option(
+    "--slurm/--no-slurm", help="Take hosts and slots from the Slurm allocation (default: when "
+                               "SLURM_JOB_ID is set and no --hosts/--hostfile is given).",
+    show_default=False)]
 
 
 @app.command()
@@ -98,7 +102,8 @@ def validate(
 
 @app.command()
 def hosts(
-    hostfile: Annotated[str, typer.Argument(help="Hostfile to parse and validate.")],
+    hostfile: Annotated[Optional[str], typer.Argument(
+        help="Hostfile to parse and validate (or --slurm).", show_default=False)] = None,
     check: Annotated[bool, typer.Option(
         "--check", help="Pre-flight: ssh to every host (in parallel) and compare its Python, torch, "
                         "Horovod and hvdtrain, interpreter path, working directory and network "
@@ -110,6 +115,8 @@ def hosts(
         "--network-interfaces", help="Interfaces you plan to use, e.g. eth0 (with --check).")] = None,
     timeout: Annotated[Optional[float], typer.Option(
         "--timeout", help="Seconds per host (with --check; default 15).")] = None,
+    slurm: Annotated[bool, typer.Option(
+        "--slurm", help="The hosts and slots of the Slurm allocation you are in.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Parse and validate a hostfile: print the hosts and slots, or every error (exit 2).
@@ -118,7 +125,7 @@ def hosts(
     when a host would make horovodrun fail or hang.
     """
     raise typer.Exit(_commands().hosts(hostfile, check, ssh_port, ssh_identity_file,
-                                       network_interfaces, timeout, as_json))
+                                       network_interfaces, timeout, as_json, slurm))
 
 
 @app.command()
@@ -145,10 +152,11 @@ def report(
 @app.command()
 def plan(recipe: RecipeArg, overrides: OverridesArg = None, np: NpOpt = None,
          hosts: HostsOpt = None, hostfile: HostfileOpt = None, resume: ResumeOpt = None,
-         as_json: JsonOpt = False) -> None:
+         slurm: SlurmOpt = None, as_json: JsonOpt = False) -> None:
     """Show exactly what `hvdtrain run` would launch, and the numbers it derives. Launches nothing."""
     raise typer.Exit(_commands().plan(recipe, overrides or [], np=np, hosts=hosts,
-                                      hostfile=hostfile, resume=resume, as_json=as_json))
+                                      hostfile=hostfile, resume=resume, slurm=slurm,
+                                      as_json=as_json))
 
 
 @app.command()
@@ -158,6 +166,7 @@ def run(
     np: NpOpt = None,
     hosts: HostsOpt = None,
     hostfile: HostfileOpt = None,
+    slurm: SlurmOpt = None,
     run_dir: RunDirOpt = None,
     resume: ResumeOpt = None,
     dry_run: Annotated[bool, typer.Option(
@@ -172,7 +181,7 @@ def run(
     The exit code is the run's: 0 when training finished, non-zero when it failed.
     """
     commands, where = _commands(), dict(np=np, hosts=hosts, hostfile=hostfile, run_dir=run_dir,
-                                        resume=resume)
+                                        resume=resume, slurm=slurm)
     if dry_run:
         raise typer.Exit(commands.plan(recipe, overrides or [], as_json=as_json, **where))
     raise typer.Exit(commands.run(recipe, overrides or [], no_check=no_check, as_json=as_json,

@@ -38,6 +38,13 @@ def _job_processes() -> list[str]:
 
 
 @pytest.fixture(autouse=True)
+def outside_slurm(monkeypatch):
+    """Tests say where they run: a suite started inside a Slurm job must not pick its hosts."""
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+
+
+@pytest.fixture(autouse=True)
 def no_orphans(request):
     """After every real run: no horovodrun or worker process is left behind."""
     yield

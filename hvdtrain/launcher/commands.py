@@ -96,13 +96,22 @@ def _validate_one(source: str, load_recipe: bool) -> dict:
     return {"source": source, "ok": True, "errors": [], "warnings": warnings}
 
 
-def hosts(hostfile: str, check: bool, ssh_port: int | None, ssh_identity_file: str | None,
-          network_interfaces: str | None, timeout: float, as_json: bool) -> int:
+def hosts(hostfile: str | None, check: bool, ssh_port: int | None, ssh_identity_file: str | None,
+          network_interfaces: str | None, timeout: float | None, as_json: bool,
+          slurm: bool = False) -> int:
     from hvdtrain.launcher import display
     from hvdtrain.launcher.hosts import parse_hostfile
 
     _check_options(check, ssh_port, ssh_identity_file, network_interfaces, timeout)
-    parsed = parse_hostfile(hostfile)
+    if slurm == bool(hostfile):
+        raise UserError("give a hostfile or --slurm (the hosts of the Slurm allocation you are in), "
+                        "one of the two")
+    if slurm:
+        from hvdtrain.launcher.slurm import allocation_hosts
+
+        parsed = allocation_hosts()
+    else:
+        parsed = parse_hostfile(hostfile)
     if check:
         from hvdtrain.launcher.preflight import check_hosts
 
@@ -178,12 +187,12 @@ def _check_options(check: bool, ssh_port: int | None, ssh_identity_file: str | N
 
 def plan(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None,
          hostfile: str | None, run_dir: str | None = None, resume: str | None = None,
-         as_json: bool = False) -> int:
+         slurm: bool | None = None, as_json: bool = False) -> int:
     """Print what `run` would launch (also `run --dry-run`); launches and writes nothing."""
     from hvdtrain.launcher.plan import plan_dict, plan_run
 
     the_plan = plan_run(recipe, overrides, np=np, hosts=hosts, hostfile=hostfile,
-                        run_dir=run_dir, resume=resume)
+                        run_dir=run_dir, resume=resume, slurm=slurm)
     if as_json:
         _echo_json(plan_dict(the_plan))
     else:
@@ -195,13 +204,13 @@ def plan(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None
 
 def run(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None,
         hostfile: str | None, run_dir: str | None, resume: str | None, no_check: bool,
-        as_json: bool) -> int:
+        as_json: bool, slurm: bool | None = None) -> int:
     """Plan, check remote hosts, launch, draw; returns the run's exit code."""
     from hvdtrain.launcher.launch import launch
     from hvdtrain.launcher.plan import plan_run
 
     the_plan = plan_run(recipe, overrides, np=np, hosts=hosts, hostfile=hostfile,
-                        run_dir=run_dir, resume=resume)
+                        run_dir=run_dir, resume=resume, slurm=slurm)
     if the_plan.resume and the_plan.epochs_done >= the_plan.recipe.train.epochs:
         from hvdtrain.launcher.plan import nothing_to_do
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hvdtrain.errors import UserError
 from hvdtrain.launcher.hosts import Host, HostList, assign, parse_hostfile, parse_hosts_arg
+from hvdtrain.launcher.slurm import allocation_hosts, in_allocation
 from hvdtrain.imagefolder import scan
 from hvdtrain.machine import horovod_build_info
 from hvdtrain.recipe import (
@@ -77,7 +78,7 @@ RESUME_BOUND = ("model", "data.dataset", "data.synthetic.image_shape", "data.syn
 
 def plan_run(recipe: str, overrides: list[str] | None = None, *, np: int | None = None,
              hosts: str | None = None, hostfile: str | None = None, run_dir: str | None = None,
-             resume: str | None = None) -> Plan:
+             resume: str | None = None, slurm: bool | None = None) -> Plan:
     """What `hvdtrain plan` / `hvdtrain run` would launch: a new run in ``run_dir`` (default
     ``<launch.output_dir>/<recipe>-<timestamp>``), or the continuation of the run in ``resume``."""
     loaded = load_recipe(recipe, overrides or [])
@@ -92,7 +93,7 @@ def plan_run(recipe: str, overrides: list[str] | None = None, *, np: int | None 
     found = probe_components(loaded.recipe)
     sizes = (found["train_samples"], found["eval_samples"]) if found else None
     plan = build_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, run_dir=folder,
-                      resume=bool(resume), sizes=sizes)
+                      resume=bool(resume), sizes=sizes, slurm=slurm)
     check_controller(plan.recipe, horovod_build_info())
     check_local_gpus(plan)
     check_memory(plan, _memory_bytes())
@@ -368,18 +369,24 @@ def default_horovodrun() -> str:
 
 
 def resolve_hosts(recipe: Recipe, np: int | None, hosts: str | None,
-                  hostfile: str | None) -> HostList:
-    """--hosts / --hostfile beat the recipe's; with none, this machine with np (or all cores) slots."""
+                  hostfile: str | None, slurm: bool | None = None) -> HostList:
+    """--hosts / --hostfile, then the Slurm allocation (``slurm``: None = when inside one), then the
+    recipe's hosts; with none, this machine with np (or all cores) slots."""
     for flag, value in (("--hosts", hosts), ("--hostfile", hostfile)):
         if value is not None and not value.strip():
             raise UserError(f"{flag} is empty: give {'host:slots,...' if flag == '--hosts' else 'a path'}"
                             ", or leave it out to run on this machine")
     if hosts and hostfile:
         raise UserError("give either --hosts or --hostfile, not both")
+    if slurm and (hosts or hostfile):
+        raise UserError("give either --slurm (the allocation's hosts) or --hosts/--hostfile, "
+                        "not both")
     if hosts:
         return parse_hosts_arg(hosts)
     if hostfile:
         return parse_hostfile(hostfile)
+    if slurm or (slurm is None and in_allocation()):
+        return allocation_hosts()
     if recipe.launch.hosts:
         return parse_hosts_arg(recipe.launch.hosts, "launch.hosts")
     if recipe.launch.hostfile:
@@ -391,14 +398,14 @@ def resolve_hosts(recipe: Recipe, np: int | None, hosts: str | None,
 def build_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None = None,
                hostfile: str | None = None, run_dir: Path, python: str | None = None,
                horovodrun: str | None = None, resume: bool = False,
-               sizes: tuple[int, int] | None = None) -> Plan:
+               sizes: tuple[int, int] | None = None, slurm: bool | None = None) -> Plan:
     """``sizes``: (train, eval) samples when known already (a component's, from ``probe``)."""
     recipe = loaded.recipe
     if np is not None and np < 1:
         raise UserError(f"--np must be at least 1, got {np}")
     if recipe.elastic and recipe.elastic.host_discovery_script:
         check_discovery_script(recipe.elastic.host_discovery_script)
-    host_list = resolve_hosts(recipe, np, hosts, hostfile)
+    host_list = resolve_hosts(recipe, np, hosts, hostfile, slurm)
     world = np or recipe.launch.np or host_list.total_slots
     assigned = assign(host_list, world)
     if recipe.elastic and not recipe.elastic.host_discovery_script and len(assigned) < 2:
