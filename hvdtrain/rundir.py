@@ -115,6 +115,24 @@ class RunDir:
     def write_manifest(self, info: dict[str, Any]) -> None:
         write_json_atomic(self.manifest_file, info)
 
+    def read_metrics(self) -> tuple[list[dict[str, Any]], int]:
+        """The records of metrics.jsonl, and how many lines were unreadable (cut off by a killed
+        writer); no file means no records."""
+        try:
+            lines = self.metrics_file.read_text().splitlines()
+        except OSError:
+            return [], 0
+        records, bad = [], 0
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records, bad
+
     def read_manifest(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.manifest_file.read_text())

@@ -16,12 +16,12 @@ from hvdtrain.worker.data import (
     CIFAR_TRAIN,
     MNIST_FILES,
     DataError,
+    Dataset,
     eval_shard,
     load_cifar10,
     load_dataset,
     load_digits_split,
     load_mnist,
-    step_batches,
 )
 from hvdtrain.launcher.plan import DATASET_SIZES
 from hvdtrain.recipe import DataConfig
@@ -132,12 +132,21 @@ def rank_shares(monkeypatch, n: int, size: int, seed: int, epoch: int,
     return shares
 
 
+def in_memory(n: int, batch: int):
+    """The loop's in-memory source over n samples whose labels are their indices."""
+    from hvdtrain.worker.sources import InMemory
+
+    ids = torch.arange(n)
+    data = Dataset("ids", ids.view(n, 1, 1, 1).float(), ids, ids.view(n, 1, 1, 1).float(), ids, n)
+    return InMemory(data, batch, batch)
+
+
 def test_rank_batches_are_disjoint_equal_in_number_and_reshuffled(monkeypatch) -> None:
     n, batch, size = 103, 8, 3  # 103 does not divide by 3 x 8
     steps = (n // size) // batch
     shares = rank_shares(monkeypatch, n, size, seed=7, epoch=2)
-    batches = [list(step_batches(share, 0, steps, batch)) for share in shares]
-    assert [[s for s, _ in b] for b in batches] == [list(range(steps))] * size
+    batches = [list(in_memory(n, batch).train_batches(share[:steps * batch])) for share in shares]
+    assert [len(b) for b in batches] == [steps] * size  # the same number of steps on every rank
     flat = [int(i) for b in batches for _, idx in b for i in idx]
     assert len(flat) == len(set(flat)) == steps * batch * size  # disjoint across ranks
     assert rank_shares(monkeypatch, n, size, seed=7, epoch=2) == shares  # same seed: same order
@@ -151,8 +160,8 @@ def test_after_a_reset_only_unprocessed_samples_are_reshared(monkeypatch) -> Non
     after = rank_shares(monkeypatch, n, 2, seed=1, epoch=0, processed=done_steps * batch * 3)
     rest = [i for share in after for i in share]
     assert len(rest) == n - len(seen) and not seen & set(rest)
-    first = next(step_batches(after[0], done_steps, 1, batch))
-    assert first[0] == done_steps and first[1].tolist() == after[0][:batch]
+    _, first = next(in_memory(n, batch).train_batches(after[0]))
+    assert first.tolist() == after[0][:batch]  # the rest of the epoch starts at its share
 
 
 def test_eval_shards_cover_every_sample_once() -> None:

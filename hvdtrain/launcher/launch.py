@@ -10,7 +10,6 @@ import shlex
 import signal
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from hvdtrain import __version__

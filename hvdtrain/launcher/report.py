@@ -46,20 +46,9 @@ def load_run(path: str) -> Run:
     if not isinstance(manifest, dict) or "argv" not in manifest:
         raise UserError(f"{path} is not an hvdtrain run directory (no readable manifest.json): "
                         "give directories that `hvdtrain run` created (see `hvdtrain runs`)")
-    run = Run(folder.path, manifest)
-    try:
-        lines = folder.metrics_file.read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            run.skipped_lines += 1
-            continue
-        if isinstance(record, dict) and record.get("event") in ("step", "epoch"):
-            (run.steps if record["event"] == "step" else run.epochs).append(record)
-    return run
+    records, bad = folder.read_metrics()
+    return Run(folder.path, manifest, [r for r in records if r.get("event") == "step"],
+               [r for r in records if r.get("event") == "epoch"], bad)
 
 
 def name_runs(runs: list[Run]) -> None:

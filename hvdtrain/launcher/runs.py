@@ -3,7 +3,6 @@ their manifests and metrics only (no torch), so it works on a copied runs/ folde
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -24,23 +23,6 @@ def _alive(pid: object) -> bool:
     return True
 
 
-def _epochs(metrics: Path) -> list[dict[str, Any]]:
-    """The epoch records of metrics.jsonl; a line cut off by a killed writer is skipped."""
-    out = []
-    try:
-        lines = metrics.read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("event") == "epoch":
-            out.append(record)
-    return out
-
-
 def _seconds(stamp: str | None) -> float | None:
     try:
         return time.mktime(time.strptime(stamp or "", "%Y-%m-%dT%H:%M:%S%z"))
@@ -56,7 +38,7 @@ def describe(folder: Path) -> dict[str, Any] | None:
     status = info.get("status") or ("finished" if info.get("exit_status") == 0 else "failed")
     if status == "running" and not _alive(info.get("launcher_pid")):
         status = "killed"  # nothing runs it any more (hvdtrain died before recording the end)
-    epochs = _epochs(RunDir(folder).metrics_file)
+    epochs = [r for r in RunDir(folder).read_metrics()[0] if r.get("event") == "epoch"]
     accs = [e["eval_acc"] for e in epochs if isinstance(e.get("eval_acc"), (int, float))]
     start, end = _seconds(info.get("start_time")), _seconds(info.get("end_time"))
     wall = None if not start or (end is None and status != "running") else \

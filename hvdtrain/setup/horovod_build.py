@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import platform
@@ -118,12 +117,9 @@ def detect_config() -> BuildConfig:
 
 def horovod_built_torch() -> str | None:
     """The torch version recorded in the installed Horovod's metadata.json, if any."""
-    spec = importlib.util.find_spec("horovod")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    meta = Path(list(spec.submodule_search_locations)[0]) / "metadata.json"
+    folder = horovod_dir()
     try:
-        return json.loads(meta.read_text()).get("pytorch")
+        return json.loads((folder / "metadata.json").read_text()).get("pytorch") if folder else None
     except (OSError, ValueError):
         return None
 

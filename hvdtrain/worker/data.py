@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,15 +200,6 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         return make_synthetic(cfg, seed)
     folder = Path(cfg.data_dir or ".").expanduser()
     return load_mnist(folder) if cfg.dataset == "mnist" else load_cifar10(folder)
-
-
-def step_batches(indices: list[int], first: int, steps: int,
-                 per_step: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(0-based step in the epoch, sample indices) for ``steps`` steps from ``first`` on, cut from
-    this rank's share of the epoch (``indices``, as Horovod's ElasticSampler yields it)."""
-    idx = torch.tensor(indices[:steps * per_step], dtype=torch.long)
-    for i in range(steps):
-        yield first + i, idx[i * per_step:(i + 1) * per_step]
 
 
 def eval_shard(n: int, rank: int, size: int) -> torch.Tensor:

@@ -413,17 +413,18 @@ def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
         return
     sums = meter.epoch
     rate = meter.epoch_steps * meter.images_per_step / max(seconds, 1e-9)
+    waiting = meter.data_wait / max(seconds, 1e-9)
     job.board.scalars(counters.global_step, eval__loss=counters.eval_loss if evaluated else None,
                       eval__accuracy=counters.eval_acc if evaluated else None,
                       epoch__seconds=seconds, epoch__images_per_s=rate,
-                      epoch__data_wait_share=meter.data_wait / max(seconds, 1e-9))
+                      epoch__data_wait_share=waiting)
     job.board.flush()
     events.emit("epoch", epoch=epoch, epochs=train.epochs,
                 train_loss=(sums[0] / sums[2]).item(), train_acc=(sums[1] / sums[2]).item(),
                 eval_loss=counters.eval_loss if evaluated else None,
                 eval_acc=counters.eval_acc if evaluated else None, seconds=seconds,
                 images_per_s=rate,
-                data_wait_share=meter.data_wait / max(seconds, 1e-9),
+                data_wait_share=waiting,
                 lr=lr, global_step=counters.global_step, world_size=hvd.size())
     if epoch % train.checkpoint_every == 0 or last:
         save_checkpoint(job, epoch, counters.global_step)

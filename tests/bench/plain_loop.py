@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from hvdtrain.recipe import load_recipe
 from hvdtrain.schedule import steps_per_epoch
-from hvdtrain.worker.data import load_dataset, step_batches
+from hvdtrain.worker.data import load_dataset
 from hvdtrain.worker.models import build_model
 
 
@@ -33,7 +33,7 @@ def main(recipe_name: str, threads: int, *overrides: str) -> None:
         t0 = time.perf_counter()
         order = list(range(len(data.train_y)))  # Horovod's ElasticSampler order at np=1
         random.Random(recipe.train.seed + epoch).shuffle(order)
-        for _, idx in step_batches(order, 0, spe, batch):
+        for idx in torch.tensor(order[:spe * batch]).split(batch):
             opt.zero_grad()
             out = model(data.train_x[idx])
             loss = F.cross_entropy(out, data.train_y[idx])
