@@ -5,7 +5,8 @@ Under horovodrun a worker's stdout is a pipe whose lines the launcher prefixes (
 Rank 0 emits events; the hvdtrain process parses horovodrun's output and draws.
 
 Event kinds (``event`` field): start, resumed, step, epoch, checkpoint, warning, error, done,
-reset (elastic: the world changed; all from rank 0), and beat (from every rank, every
+reset (elastic: the world changed), stopped (a stop was asked for: checkpointed; all from rank 0),
+and beat (from every rank, every
 ``BEAT_INTERVAL`` seconds: see worker/heartbeat.py).
 A worker's exit code is one of ``WorkerExit``.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import sys
 from dataclasses import dataclass
 from enum import IntEnum
@@ -23,7 +25,10 @@ from typing import Any
 MARKER = "@@hvdtrain@@ "
 PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")
 KINDS = ("start", "resumed", "step", "epoch", "checkpoint", "warning", "error", "done", "beat",
-         "reset")
+         "reset", "stopped")
+# `hvdtrain run` on SIGUSR1 (Slurm's warning before preemption or the time limit): the workers
+# checkpoint and stop; the run ends with this code (128 + SIGUSR1, as for the other signals).
+STOPPED_EXIT = 128 + int(signal.SIGUSR1)
 BEAT_INTERVAL = 2.0  # seconds between a rank's heartbeats; the launcher's stall report reads it
 
 

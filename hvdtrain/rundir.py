@@ -4,7 +4,10 @@ the directory and keeps the manifest, metrics and logs; rank 0 writes checkpoint
     <run dir>/recipe.yaml                 the resolved recipe the workers load
     <run dir>/manifest.json               argv, hosts, versions, times, exit status, failure
     <run dir>/metrics.jsonl               one record per step window and per epoch
-    <run dir>/checkpoints/epoch-NNNN.pt   rank 0's checkpoints (temp files: .tmp-*)
+    <run dir>/checkpoints/epoch-NNNN.pt   rank 0's checkpoints after NNNN epochs (temp files: .tmp-*)
+    <run dir>/checkpoints/epoch-NNNN-step-SSSSSS.pt   ... and SSSSSS steps into the next (a stop)
+    <run dir>/stop-request                the launcher asks the workers to checkpoint and stop
+    <run dir>/job.sbatch, slurm.json      `hvdtrain sbatch`: the batch script and the submission
     <run dir>/logs/rank.N/stdout|stderr   every rank's output
     <run dir>/logs/horovodrun.log         horovodrun's own lines
     <run dir>/tensorboard/                TensorBoard event files (rank 0)
@@ -25,7 +28,7 @@ from typing import Any
 
 from hvdtrain.recipe import LoadedRecipe, Recipe
 
-CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
+CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.pt$")
 CHECKPOINT_TMP_PREFIX = ".tmp-"  # a write in progress (or killed): never a valid checkpoint
 
 
@@ -42,16 +45,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def checkpoint_path(folder: Path, epoch: int) -> Path:
-    return folder / f"epoch-{epoch:04d}.pt"
+def checkpoint_path(folder: Path, epoch: int, step: int = 0) -> Path:
+    """After ``epoch`` complete epochs (and ``step`` steps into the next: a mid-epoch stop)."""
+    return folder / (f"epoch-{epoch:04d}-step-{step:06d}.pt" if step else f"epoch-{epoch:04d}.pt")
+
+
+def checkpoint_position(path: Path) -> tuple[int, int] | None:
+    """(complete epochs, steps into the next) that a checkpoint file name says, or None."""
+    m = CHECKPOINT_NAME.match(path.name)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """(epoch, path) for every checkpoint file in ``folder``, oldest first."""
+    """(complete epochs, path) for every checkpoint file in ``folder``, oldest first (a mid-epoch
+    checkpoint sorts after its epoch's and before the next)."""
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name))]
-    return sorted(found)
+    found = [(pos, p) for p in folder.iterdir() if (pos := checkpoint_position(p)) is not None]
+    return [(pos[0], p) for pos, p in sorted(found)]
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -92,6 +103,31 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def stop_file(self) -> Path:
+        """Written by the launcher (SIGUSR1: preemption, time limit); rank 0 polls it."""
+        return self.path / "stop-request"
+
+    @property
+    def sbatch_script(self) -> Path:
+        return self.path / "job.sbatch"
+
+    @property
+    def slurm_file(self) -> Path:
+        """`hvdtrain sbatch`: job id, options and time of the submission."""
+        return self.path / "slurm.json"
+
+    def slurm_output(self, job_id: str = "%j") -> Path:
+        return self.logs / f"slurm-{job_id}.out"
+
+    def is_queued(self) -> bool:
+        """Whether this directory holds only what `hvdtrain sbatch` wrote before the job started."""
+        names = {p.name for p in self.path.iterdir()} if self.path.is_dir() else set()
+        if not names or not names <= {"recipe.yaml", "job.sbatch", "slurm.json", "logs"}:
+            return False
+        logs = list(self.logs.iterdir()) if self.logs.is_dir() else []
+        return "job.sbatch" in names and all(p.name.startswith("slurm-") for p in logs)
 
     def rank_log(self, rank: int | None, stream: str) -> Path:
         """``logs/rank.N/<stream>``; rank None is horovodrun itself (``logs/horovodrun.log``)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -26,12 +27,14 @@ def hosts_of(**env: str) -> list[tuple[str, int]]:
     ("n[008-011]", ["n008", "n009", "n010", "n011"]),
     ("single", ["single"]),
 ])
-def test_node_lists_expand_fully(nodelist: str, expected: list[str]) -> None:
+def test_node_lists_expand_fully(nodelist: str, expected: list[str], tmp_path) -> None:
     assert [n for n, _ in hosts_of(SLURM_JOB_NODELIST=nodelist)] == expected
     if shutil.which("scontrol"):  # the reference, where Slurm is installed
+        conf = tmp_path / "slurm.conf"  # scontrol reads a config even to expand a host list
+        conf.write_text("ClusterName=x\nSlurmctldHost=localhost\nNodeName=localhost\n")
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, check=True).stdout.split()
-        assert out == expected
+                             text=True, check=True, env={**os.environ, "SLURM_CONF": str(conf)})
+        assert out.stdout.split() == expected
 
 
 def test_slots_per_node_come_from_the_first_variable_set() -> None:

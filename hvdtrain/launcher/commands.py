@@ -206,8 +206,10 @@ def run(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None,
         hostfile: str | None, run_dir: str | None, resume: str | None, no_check: bool,
         as_json: bool, slurm: bool | None = None) -> int:
     """Plan, check remote hosts, launch, draw; returns the run's exit code."""
-    from hvdtrain.launcher.launch import launch
+    from hvdtrain.launcher.launch import StopRequest, launch
     from hvdtrain.launcher.plan import plan_run
+
+    StopRequest.install()  # from here on, SIGUSR1 means "checkpoint and stop", never death
 
     the_plan = plan_run(recipe, overrides, np=np, hosts=hosts, hostfile=hostfile,
                         run_dir=run_dir, resume=resume, slurm=slurm)

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.padding import Padding
 from rich.table import Table
 
+from hvdtrain.events import STOPPED_EXIT
 from hvdtrain.machine import classify_interface
 
 if TYPE_CHECKING:
@@ -281,6 +282,12 @@ def step_stats(e: dict) -> str:
             f"{e['images_per_s']:,.0f} img/s")
 
 
+def position(e: dict) -> str:
+    """'epoch 3' after a whole epoch, else 'epoch 2 + 45 steps' (a mid-epoch stop)."""
+    step = e.get("step") or 0
+    return f"epoch {e['epoch']}" + (f" + {step} step{'s' if step != 1 else ''}" if step else "")
+
+
 class PlainView:
     """Plain log lines, no control codes: for CI logs and pipes."""
 
@@ -312,10 +319,13 @@ class PlainView:
             self.epochs.append(e)
             self.say(epoch_line(e))
         elif kind == "checkpoint":
-            self.say(f"checkpoint: epoch {e['epoch']} -> {e['path']}")
+            self.say(f"checkpoint: {position(e)} -> {e['path']}")
+        elif kind == "stopped":
+            self.say(f"stopped on request after {position(e)} (global step {e['global_step']}): "
+                     f"checkpoint {e['path']}")
         elif kind == "resumed":
             same = len(set(e["optimizer_hashes"])) == 1
-            self.say(f"resumed from {e['path']} after epoch {e['epoch']}: model and optimizer "
+            self.say(f"resumed from {e['path']} after {position(e)}: model and optimizer "
                      f"state restored on "
                      f"{len(e['optimizer_hashes'])} ranks ({'identical' if same else 'DIFFERENT'})")
         elif kind == "reset":
@@ -332,6 +342,8 @@ class PlainView:
         self.say(f"[{who}] {line.text}")
 
     def closing(self, code: int) -> str:
+        if code == STOPPED_EXIT:
+            return f"run stopped with a checkpoint (exit code {code}); run dir {self.plan.run_dir}"
         if code in (129, 130, 143):  # SIGHUP, SIGINT, SIGTERM
             return f"run interrupted (exit code {code}); run dir {self.plan.run_dir}"
         if code != 0:
@@ -381,7 +393,8 @@ class LiveView(PlainView):
         if kind == "start":
             self.epoch_task = self.progress.add_task("epoch", total=e["epochs"],
                                                      completed=e["start_epoch"], stats="")
-            self.step_task = self.progress.add_task("step", total=e["steps_per_epoch"], stats="")
+            self.step_task = self.progress.add_task("step", total=e["steps_per_epoch"],
+                                                    completed=e.get("start_step") or 0, stats="")
             super().event(e)
         elif kind == "step" and self.step_task is not None:
             self.progress.update(self.step_task, completed=e["step"], stats=step_stats(e))

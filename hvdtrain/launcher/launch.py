@@ -14,11 +14,11 @@ from typing import Any
 
 from hvdtrain import __version__
 from hvdtrain.errors import UserError
-from hvdtrain.events import BEAT_INTERVAL, Line, parse_line
+from hvdtrain.events import BEAT_INTERVAL, STOPPED_EXIT, Line, parse_line
 from hvdtrain.launcher.guard import Guard
 from hvdtrain.launcher.plan import Plan
 from hvdtrain.machine import installed_version
-from hvdtrain.rundir import RunDir
+from hvdtrain.rundir import RunDir, checkpoint_position
 
 
 def _git_commit() -> str | None:
@@ -84,11 +84,17 @@ def prepare_run_dir(plan: Plan) -> RunDir:
     if folder.path.exists() and not folder.path.is_dir():
         raise UserError(f"run directory {folder.path} is a file: choose another --run-dir "
                         "(or launch.output_dir)")
-    if not plan.resume and folder.path.exists() and any(folder.path.iterdir()):
+    queued = folder.is_queued()  # written by `hvdtrain sbatch` for this very run
+    if not plan.resume and not queued and folder.path.exists() and any(folder.path.iterdir()):
         raise UserError(f"run directory {folder.path} already exists and is not empty: choose "
                         "another --run-dir, or continue it with --resume")
+    if queued and not plan.resume and folder.read_recipe() != plan.recipe:
+        raise UserError(f"the recipe differs from {folder.recipe_file}, which `hvdtrain sbatch` "
+                        "resolved when the job was submitted (was the recipe file edited since?): "
+                        "submit again, or restore the recipe")
     try:
         folder.checkpoints.mkdir(parents=True, exist_ok=True)
+        folder.stop_file.unlink(missing_ok=True)  # an old request must not stop this launch
         folder.write_recipe(plan.recipe)
     except OSError as exc:
         raise UserError(f"cannot create run directory {folder.path}: {exc.strerror}: choose "
@@ -97,6 +103,34 @@ def prepare_run_dir(plan: Plan) -> RunDir:
 
 
 INTERRUPTS = (128 + signal.SIGHUP, 128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+class StopRequest:
+    """SIGUSR1 (Slurm's ``--signal=B:USR1@N`` before preemption or the time limit, or a user's
+    ``kill -USR1``): ask the workers to checkpoint and stop, by the run directory's stop file that
+    rank 0 polls. Installed when `hvdtrain run` starts, so an early signal is kept, not fatal."""
+
+    requested = False
+    folder: RunDir | None = None
+
+    @classmethod
+    def install(cls) -> None:
+        signal.signal(signal.SIGUSR1, cls._on_signal)
+
+    @classmethod
+    def _on_signal(cls, _signum: int, _frame: object) -> None:
+        cls.requested = True
+        cls._write()
+
+    @classmethod
+    def attach(cls, folder: RunDir) -> None:
+        cls.folder = folder
+        cls._write()
+
+    @classmethod
+    def _write(cls) -> None:
+        if cls.requested and cls.folder is not None:
+            cls.folder.stop_file.write_text(f"SIGUSR1 at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
 
 
 class _Interrupted(Exception):
@@ -158,6 +192,7 @@ def launch(plan: Plan, as_json: bool = False) -> int:
     if previous is not None:
         info["previous"] = previous
     folder.write_manifest(info)
+    StopRequest.attach(folder)
     view = make_view(plan, as_json=as_json)
     guard = Guard(folder)
     with folder.metrics_file.open("a") as metrics, RankLogs(folder, plan.np) as logs:
@@ -167,16 +202,44 @@ def launch(plan: Plan, as_json: bool = False) -> int:
     lines = notes + (stream.diagnosis.summary(code) if code not in (0, 124) and code < 128 else [])
     if code == 124:
         lines += [x for x in stream.diagnosis.summary(code) if x.startswith("Horovod stall")]
+    if code == 0 and info.get("stopped"):
+        code = STOPPED_EXIT  # checkpointed and stopped on request: not finished
     if code != 0:
         lines += _resume_hint(plan)
     info["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    info["status"] = "finished" if code == 0 else "interrupted" if code in INTERRUPTS else "failed"
+    info["status"] = ("finished" if code == 0 else "stopped" if code == STOPPED_EXIT
+                      else "interrupted" if code in INTERRUPTS else "failed")
     info["exit_status"] = code
     info["failure"] = lines or None
     folder.write_manifest(info)
     guard.release()
+    if code == STOPPED_EXIT and os.environ.get("SLURM_JOB_ID"):
+        lines += _requeue(folder, info)
     view.end(code, lines)
     return code
+
+
+def _requeue(folder: RunDir, info: dict[str, Any]) -> list[str]:
+    """Inside a Slurm job that was asked to stop: requeue it, so it starts again and resumes this
+    run directory by itself (job.sbatch resumes when it finds a manifest). The manifest is final
+    before Slurm ends this job; its SIGTERM is ignored for the moment this takes."""
+    from hvdtrain.launcher.slurm import requeue
+
+    job = os.environ["SLURM_JOB_ID"]
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue ends this job: finish first
+    ok, why = requeue(job)
+    info["requeued"] = ok
+    if ok:
+        lines = [f"requeued Slurm job {job}: when it starts again it resumes {folder.path} "
+                 "from the checkpoint above"]
+    else:
+        again = (f"sbatch {shlex.quote(str(folder.sbatch_script))} (it resumes the run)"
+                 if folder.sbatch_script.exists() else "the resume command above")
+        lines = [f"could not requeue Slurm job {job}: {why}",
+                 f"the checkpoint is written; resume by hand with: {again}"]
+    info["failure"] = (info.get("failure") or []) + lines
+    folder.write_manifest(info)
+    return lines
 
 
 def _supervise(plan: Plan, stream: _Stream, spare: tuple[int, ...]) -> tuple[int, list[str]]:
@@ -190,6 +253,7 @@ def _supervise(plan: Plan, stream: _Stream, spare: tuple[int, ...]) -> tuple[int
 
     handlers = {sig: signal.signal(sig, on_signal)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    announced = False
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
     watchdog = float(plan.recipe.train.watchdog_seconds)  # 0: off
     sup: Supervisor | None = None
@@ -202,6 +266,10 @@ def _supervise(plan: Plan, stream: _Stream, spare: tuple[int, ...]) -> tuple[int
                 break
             if raw is not None:
                 stream.feed(raw)
+            if StopRequest.requested and not announced:
+                announced = True
+                stream.view.output(Line(None, "launcher", "SIGUSR1: asked the workers to "
+                                        "checkpoint and stop at the next log interval"))
             elif watchdog and time.monotonic() - stream.last_progress > watchdog:
                 sup.stop()
                 return 124, [f"no progress from the workers for {watchdog:.0f} s "
@@ -240,6 +308,8 @@ def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
         info["worker_hosts"] = ev.get("hosts")
         info["devices"] = ev.get("devices")
         info["classes"] = ev.get("classes")  # image folders: what the checkpoints' indices mean
+    elif kind == "stopped":
+        info["stopped"] = ev
     elif kind == "done":
         info["param_hashes"] = ev.get("param_hashes")
         info["replicas_identical"] = ev.get("replicas_identical")
@@ -251,6 +321,8 @@ def _resume_hint(plan: Plan) -> list[str]:
     if found is None:
         return ["no complete checkpoint was written: nothing to resume"]
     epoch, path = found
+    step = (checkpoint_position(path) or (epoch, 0))[1]
     recipe = shlex.quote(str(RunDir(plan.run_dir).recipe_file))
-    return [f"last checkpoint: {path} (epoch {epoch} complete)",
+    return [f"last checkpoint: {path} (epoch {epoch} complete"
+            + (f", and {step} steps of epoch {epoch + 1})" if step else ")"),
             f"resume with: hvdtrain run {recipe} --resume {shlex.quote(str(plan.run_dir))}"]

@@ -62,3 +62,20 @@ def allocation_hosts(env: Mapping[str, str] | None = None) -> HostList:
     slots = _slots(env, len(nodes))
     source = f"the Slurm allocation (job {job})"
     return parse_hosts_arg(",".join(f"{n}:{s}" for n, s in zip(nodes, slots, strict=True)), source)
+
+
+def requeue(job_id: str) -> tuple[bool, str]:
+    """``scontrol requeue JOB``: (done, why not). The job goes back to the queue and Slurm ends
+    this instance of it."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True,
+                             timeout=60)
+    except FileNotFoundError:
+        return False, "scontrol is not on PATH"
+    except subprocess.TimeoutExpired:
+        return False, "scontrol requeue did not answer within 60 s"
+    if out.returncode == 0:
+        return True, ""
+    return False, (out.stderr or out.stdout).strip() or f"scontrol exited with {out.returncode}"

@@ -42,13 +42,14 @@ def clean_stray_temp_files(folder: Path) -> list[Path]:
 
 
 def save(folder: Path, epoch: int, state: dict[str, Any], keep: int,
-         before_replace: Callable[[], object] | None = None) -> Path:
-    """Atomically write ``state`` as the checkpoint for ``epoch`` and prune to the last ``keep``.
+         before_replace: Callable[[], object] | None = None, step: int = 0) -> Path:
+    """Atomically write ``state`` as the checkpoint after ``epoch`` epochs (and ``step`` steps
+    into the next: a mid-epoch stop) and prune to the last ``keep``.
 
     ``before_replace`` runs between the complete temp file and the rename (fault-injection hook).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(folder, epoch)
+    final = checkpoint_path(folder, epoch, step)
     fd, tmp = tempfile.mkstemp(prefix=CHECKPOINT_TMP_PREFIX, suffix=".pt", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:

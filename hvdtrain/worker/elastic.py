@@ -66,8 +66,7 @@ def _train(state, job: Job, restored_from: str, world: World) -> int:
     commit_every = job.recipe.elastic.commit_every
 
     def after_step(step: int) -> None:
-        # Horovod: count the samples this step consumed, so a reset re-shards only the rest.
-        job.sampler.record_batch(step, job.per_step)
+        # (run_steps has counted the step's samples in the sampler: a reset re-shards the rest.)
         if (step + 1) % commit_every == 0:
             # Horovod: commit in-memory state and pick up host changes at a safe point.
             state.commit()

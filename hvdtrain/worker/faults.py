@@ -9,6 +9,8 @@ tests, like Horovod's own exit schedules, a JSON object in ``HVDTRAIN_FAULT`` (s
     {"action": "kill_in_checkpoint", "rank": 0, "epoch": 2}   SIGKILL mid-write of that checkpoint
     {"action": "model_shape", "rank": 1}                   grow the first parameter of the model
     {"action": "delay_init", "rank": 1, "seconds": 20}     sleep before hvd.init()
+    {"action": "usr1_launcher", "rank": 0, "epoch": 2, "step": 1}  SIGUSR1 to hvdtrain (its pid
+                                                           from the manifest), as Slurm would
 
 Hooks never change recipe values: they act on the process, the loss or the built model.
 """
@@ -22,6 +24,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+from hvdtrain.rundir import RunDir
 
 ENV = "HVDTRAIN_FAULT"
 
@@ -60,8 +64,8 @@ class Fault:
 class FaultHooks(Hooks):
     """Performs one ``Fault`` at its point; every other point stays a no-op."""
 
-    def __init__(self, fault: Fault) -> None:
-        self.fault = fault
+    def __init__(self, fault: Fault, run_dir: RunDir | None = None) -> None:
+        self.fault, self.run_dir = fault, run_dir
 
     def _here(self, action: str, rank: int, epoch: int | None = None,
               step: int | None = None) -> bool:
@@ -89,6 +93,8 @@ class FaultHooks(Hooks):
         if self._here("hang", rank, epoch, step):
             while True:
                 time.sleep(3600)
+        if self._here("usr1_launcher", rank, epoch, step) and self.run_dir is not None:
+            os.kill(int((self.run_dir.read_manifest() or {})["launcher_pid"]), signal.SIGUSR1)
 
     def loss(self, rank: int, epoch: int, step: int, loss: torch.Tensor) -> torch.Tensor:
         return loss * float("inf") if self._here("inf_grad", rank, epoch, step) else loss
@@ -98,7 +104,7 @@ class FaultHooks(Hooks):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def from_env() -> Hooks:
+def from_env(run_dir: RunDir | None = None) -> Hooks:
     """``FaultHooks`` when ``HVDTRAIN_FAULT`` is set, else the no-op ``Hooks``."""
     raw = os.environ.get(ENV)
-    return FaultHooks(Fault(**json.loads(raw))) if raw else Hooks()
+    return FaultHooks(Fault(**json.loads(raw)), run_dir) if raw else Hooks()

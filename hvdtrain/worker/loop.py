@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import horovod.torch as hvd
@@ -28,7 +29,7 @@ from hvdtrain import events
 from hvdtrain.events import WorkerExit
 from hvdtrain.errors import UserError
 from hvdtrain.recipe import IN_MEMORY, Recipe, lr_config
-from hvdtrain.rundir import RunDir
+from hvdtrain.rundir import RunDir, checkpoint_path
 from hvdtrain.schedule import LRConfig, lr_at, peak_lr, steps_per_epoch
 from hvdtrain.worker import checkpoint
 from hvdtrain.worker.board import Board, open_board
@@ -155,33 +156,44 @@ def share_cores() -> list[str]:
 
 def restore(job: Job, counters: Counters, collective: bool = True) -> tuple[WorkerExit, str]:
     """Continue after rank 0's newest valid checkpoint: rank 0 loads it into the model and
-    optimizer (the caller's broadcast or state sync spreads them) and sets ``counters``; returns
-    (outcome, path). ``collective``: every rank learns rank 0's epoch by a broadcast (normal mode);
-    elastic mode leaves that to the state sync, since a worker joining later restores nothing."""
-    epoch, path = restore_checkpoint(job) if hvd.rank() == 0 else (0, "")
+    optimizer (the caller's broadcast or state sync spreads them) and sets ``counters`` and the
+    sampler (a mid-epoch checkpoint continues its epoch's data order after the samples already
+    trained on); returns (outcome, path). ``collective``: every rank learns rank 0's position by a
+    broadcast (normal mode); elastic mode leaves that to the state sync, since a worker joining
+    later restores nothing."""
+    where, path, rng = restore_checkpoint(job) if hvd.rank() == 0 else ([0, 0, 0], "", None)
     if collective:
-        # Horovod: every rank resumes from rank 0's epoch (-1: rank 0 could not load a checkpoint).
-        epoch = int(hvd.broadcast(torch.tensor(epoch), root_rank=0, name="start_epoch").item())
+        # Horovod: every rank resumes at rank 0's position (epoch -1: rank 0 could not load one).
+        where = hvd.broadcast(torch.tensor(where), root_rank=0, name="start_position").tolist()
+        # Horovod: and continues its own random stream (dropout, augmentation) where it stopped.
+        rng = hvd.broadcast_object(rng, root_rank=0, name="rng_states")
+        if rng is not None and len(rng) == hvd.size():  # (a new world size draws anew)
+            torch.set_rng_state(rng[hvd.rank()])
+    epoch, global_step, processed = where
     if epoch < 0:
         return WorkerExit.NO_CHECKPOINT, ""
-    counters.epoch, counters.batch = epoch, 0
-    counters.global_step = epoch * job.steps_per_epoch()
-    job.sampler.set_epoch(epoch)
+    # Horovod: the sampler skips the ``processed`` samples of this epoch's permutation and shards
+    # the rest over the current world (which may differ from the one that wrote the checkpoint).
+    job.sampler.load_state_dict({"epoch": epoch, "processed_num": processed})
+    counters.epoch, counters.batch = epoch, processed // (job.per_step * hvd.size())
+    counters.global_step = global_step or epoch * job.steps_per_epoch()
     return WorkerExit.OK, path
 
 
-def restore_checkpoint(job: Job) -> tuple[int, str]:
-    """Rank 0: load the newest valid checkpoint; returns (completed epoch or -1 on failure, path)."""
+def restore_checkpoint(job: Job) -> tuple[list[int], str, list[torch.Tensor] | None]:
+    """Rank 0: load the newest valid checkpoint; returns ([complete epochs (-1 on failure), global
+    step (0: unknown), samples of the next epoch already trained on], path, every rank's RNG
+    state when saved)."""
     folder = job.run_dir.checkpoints
     checkpoint.clean_stray_temp_files(folder)
     try:
         loaded = checkpoint.load_latest(folder)
     except checkpoint.CheckpointError as exc:
         events.emit("warning", message=f"cannot resume: {exc}")
-        return -1, ""
+        return [-1, 0, 0], "", None
     if loaded is None:
         events.emit("warning", message=f"no checkpoint in {folder}: starting from epoch 1")
-        return 0, ""
+        return [0, 0, 0], "", None
     for path, why in loaded.skipped:
         events.emit("warning", message=f"skipped unusable checkpoint {path.name} ({why}); "
                                        f"using {loaded.path.name}")
@@ -194,24 +206,27 @@ def restore_checkpoint(job: Job) -> tuple[int, str]:
                         "a new run")
     job.model.load_state_dict(loaded.state["model"])
     job.optimizer.load_state_dict(loaded.state["optimizer"])
-    return int(loaded.state["epoch"]), str(loaded.path)
+    state = loaded.state
+    return ([int(state["epoch"]), int(state.get("global_step", 0)),
+             int(state.get("processed_samples", 0))], str(loaded.path), state.get("rng"))
 
 
 def announce_start(job: Job, counters: Counters, hosts: list[str], restored_from: str) -> None:
     """Every rank, once synchronised: ``resumed`` (with every rank's optimizer-state hash, to show
     the restore reached all of them) and rank 0's ``start`` event."""
-    if counters.epoch > 0:
+    if counters.epoch > 0 or counters.batch > 0:
         # Horovod: each rank's optimizer-state hash after the broadcast/sync.
         hashes = hvd.allgather_object(optimizer_hash(job.optimizer))
         if hvd.rank() == 0:
-            events.emit("resumed", epoch=counters.epoch, path=restored_from,
-                        optimizer_hashes=hashes)
+            events.emit("resumed", epoch=counters.epoch, step=counters.batch,
+                        path=restored_from, optimizer_hashes=hashes)
     # Horovod: every rank's device, for the start line (cpu, or cuda:<local rank>).
     devices = hvd.allgather_object(str(job.device))
     if hvd.rank() == 0:
         r, hv, size = job.recipe, job.recipe.horovod, hvd.size()
         report = compression_report(job.optimizer, job.model)
         events.emit("start", epochs=r.train.epochs, start_epoch=counters.epoch,
+                    start_step=counters.batch,
                     steps_per_epoch=job.steps_per_epoch(), world_size=size,
                     threads=torch.get_num_threads(), hosts=hosts, devices=devices,
                     precision=r.train.precision,
@@ -225,11 +240,17 @@ def announce_start(job: Job, counters: Counters, hosts: list[str], restored_from
 # --- the step -----------------------------------------------------------------------------------
 
 class Meter:
-    """Loss / correct / count sums of this rank's batches, allreduced once per log window."""
+    """Loss / correct / count sums of this rank's batches, allreduced once per log window.
 
-    def __init__(self, images_per_step: int) -> None:
+    The same allreduce carries the stop request (rank 0 sees the launcher's stop file), so every
+    rank learns it at the same step without a collective of its own.
+    """
+
+    def __init__(self, images_per_step: int, stop_file: Path | None = None) -> None:
         self.images_per_step = images_per_step
-        self.window = torch.zeros(3, dtype=torch.float64)
+        self.stop_file = stop_file  # rank 0 only
+        self.stop = False  # every rank: a stop was asked for, as of the last flush
+        self.window = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, count, stop
         self.epoch = torch.zeros(3, dtype=torch.float64)
         self.steps = self.epoch_steps = 0
         self.data_wait = 0.0  # seconds this rank waited for batches this epoch
@@ -244,15 +265,19 @@ class Meter:
 
     def add(self, step_sums: torch.Tensor) -> None:
         """Count one completed step (a skipped step's metrics are left out)."""
-        self.window += step_sums
+        self.window[:3] += step_sums
         self.steps += 1
 
     def flush(self) -> tuple[float, float, float]:
         """Every rank: (loss, acc, images/s) of the window across all ranks; starts a new one."""
-        # Horovod: metrics summed over all ranks, once per log interval (not per step).
+        if self.stop_file is not None and self.stop_file.exists():
+            self.window[3] = 1.0
+        # Horovod: metrics (and the stop flag) summed over all ranks, once per log interval.
         total = hvd.allreduce(self.window, op=hvd.Sum, name="train_window")
         now = time.perf_counter()
         rate = self.steps * self.images_per_step / max(now - self.t_window, 1e-9)
+        self.stop = self.stop or bool(total[3] > 0)
+        total = total[:3]
         self.epoch += total
         self.epoch_steps += self.steps
         self.window.zero_()
@@ -380,6 +405,9 @@ def run_steps(job: Job, counters: Counters, spe: int, meter: Meter,
             raise
         counters.global_step += 1
         counters.batch = step + 1
+        # Horovod: count the samples this step consumed (a reset or a mid-epoch checkpoint
+        # continues after them).
+        job.sampler.record_batch(step, job.per_step)
         job.board.scalars(counters.global_step, train__lr=lr)
         if sums is not None:
             meter.add(sums)
@@ -393,13 +421,16 @@ def run_steps(job: Job, counters: Counters, spe: int, meter: Meter,
                 events.emit("step", epoch=epoch, step=step + 1, steps=spe,
                             global_step=counters.global_step, loss=loss, acc=acc, lr=lr,
                             images_per_s=rate)
+            if meter.stop:  # every rank saw the flag in the same allreduce: stop together
+                break
     if counters.batch % log_interval and counters.batch != spe:  # ended off the log grid
         meter.flush()  # (elastic: the world shrank mid-epoch); every rank ran the same steps
     return lr
 
 
 def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
-    """Every rank: evaluation when due; rank 0: the ``epoch`` event and the checkpoint when due."""
+    """Every rank: evaluation when due; rank 0: the ``epoch`` event and the checkpoint when due
+    (always when a stop was asked for)."""
     epoch, train = counters.epoch + 1, job.recipe.train
     last = epoch == train.epochs
     seconds = time.perf_counter() - meter.t0
@@ -409,6 +440,8 @@ def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
         sync_buffers(job.model)
         counters.eval_loss, counters.eval_acc = evaluate(job)
     report_skipped(job, epoch)
+    due = epoch % train.checkpoint_every == 0 or last or meter.stop
+    rng = rng_states() if due else None
     if hvd.rank() != 0:
         return
     sums = meter.epoch
@@ -426,8 +459,8 @@ def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
                 images_per_s=rate,
                 data_wait_share=waiting,
                 lr=lr, global_step=counters.global_step, world_size=hvd.size())
-    if epoch % train.checkpoint_every == 0 or last:
-        save_checkpoint(job, epoch, counters.global_step)
+    if due:
+        save_checkpoint(job, epoch, counters.global_step, rng=rng)
 
 
 def train_epochs(job: Job, counters: Counters, after_step: Callable[[int], None] | None = None,
@@ -441,18 +474,41 @@ def train_epochs(job: Job, counters: Counters, after_step: Callable[[int], None]
         spe = job.steps_per_epoch()
         job.hooks.epoch_start(rank, counters.epoch + 1)
         job.model.train()
-        meter = Meter(job.per_step * hvd.size())
+        meter = Meter(job.per_step * hvd.size(), job.run_dir.stop_file if rank == 0 else None)
         try:
             lr = run_steps(job, counters, spe, meter, after_step)
         except NonFinite:
             return WorkerExit.NONFINITE
+        if meter.stop and counters.batch < spe:
+            return stop(job, counters)
         end_epoch(job, counters, meter, lr)
         counters.epoch, counters.batch = counters.epoch + 1, 0
         # Horovod: the sampler's next epoch (a new permutation; clears the processed samples).
         job.sampler.set_epoch(counters.epoch)
         if after_epoch is not None:
             after_epoch()
+        if meter.stop and counters.epoch < job.recipe.train.epochs:
+            return stop(job, counters)
     finish(job, counters)
+    return WorkerExit.OK
+
+
+def stop(job: Job, counters: Counters) -> int:
+    """The launcher asked to stop (SIGUSR1: preemption, time limit): rank 0 makes sure a checkpoint
+    holds every completed step (a mid-epoch one if the epoch is not over), then every rank ends
+    cleanly; `hvdtrain run --resume` continues at the next step."""
+    if counters.batch:
+        sync_buffers(job.model)  # the checkpoint then holds every rank's BN statistics, averaged
+        rng = rng_states()
+    if hvd.rank() == 0:
+        path = (save_checkpoint(job, counters.epoch, counters.global_step, counters.batch, rng)
+                if counters.batch else  # else end_epoch has just written the epoch's checkpoint
+                str(checkpoint_path(job.run_dir.checkpoints, counters.epoch)))
+        events.emit("stopped", epoch=counters.epoch, step=counters.batch,
+                    global_step=counters.global_step, path=path)
+    # Horovod: no rank exits before rank 0's checkpoint is on disk (horovodrun stops the others
+    # as soon as one rank ends).
+    hvd.barrier()
     return WorkerExit.OK
 
 
@@ -469,16 +525,27 @@ def report_skipped(job: Job, epoch: int) -> None:
                                        f"decode (data.on_bad_image: skip){example}")
 
 
-def save_checkpoint(job: Job, epoch: int, global_step: int) -> None:
-    """Rank 0: the durable checkpoint after ``epoch`` completed epochs, then its event."""
+def rng_states() -> list[torch.Tensor]:
+    """Every rank: all ranks' CPU RNG states (dropout, augmentation), for a checkpoint."""
+    # Horovod: gathered to rank 0, which writes them; a resume gives each rank its own back.
+    return hvd.allgather_object(torch.get_rng_state())
+
+
+def save_checkpoint(job: Job, epoch: int, global_step: int, step: int = 0,
+                    rng: list[torch.Tensor] | None = None) -> str:
+    """Rank 0: the durable checkpoint after ``epoch`` completed epochs (and ``step`` steps of the
+    next, whose first ``processed_samples`` of the epoch's permutation are done), then its event."""
     path = checkpoint.save(job.run_dir.checkpoints, epoch, {
-        "epoch": epoch, "global_step": global_step, "world_size": hvd.size(),
+        "epoch": epoch, "step": step, "global_step": global_step, "world_size": hvd.size(),
+        "rng": rng,
+        "processed_samples": job.sampler.processed_num if step else 0,
         "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
         "recipe_model": job.recipe.model.model_dump(mode="json"),
         "classes": job.data.classes,
     }, keep=job.recipe.train.keep_checkpoints,
-        before_replace=lambda: job.hooks.before_checkpoint_replace(0, epoch))
-    events.emit("checkpoint", epoch=epoch, path=str(path))
+        before_replace=lambda: job.hooks.before_checkpoint_replace(0, epoch), step=step)
+    events.emit("checkpoint", epoch=epoch, step=step, path=str(path))
+    return str(path)
 
 
 def sync_buffers(model: torch.nn.Module) -> None:

@@ -51,7 +51,7 @@ def run(run_dir: Path, resume: bool) -> int:
 
     folder = RunDir(run_dir)
     recipe = folder.read_recipe()
-    hooks = from_env()
+    hooks = from_env(folder)
     env_rank = int(os.environ.get("HOROVOD_RANK", "0"))
     beat = Heartbeat(env_rank).start()
     hooks.before_init(env_rank)
