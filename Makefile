@@ -38,7 +38,8 @@ bench: install
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
-# The two-host tests run an sshd per network namespace; install it from the system package manager
+# The two-host tests run an sshd per network namespace, the Slurm tests a one-node Slurm (slurm-wlm
+# 22.05 + munge, started by the tests themselves); install them from the system package manager
 # when missing (root + apt only; elsewhere those tests are skipped with the reason).
 test-hosts-deps:
 	@if [ -x /usr/sbin/sshd ]; then :; \
@@ -47,3 +48,9 @@ test-hosts-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2 >/dev/null) \
 	    || echo "[hvdtrain install] could not install openssh-server: two-host tests will be skipped"; \
 	else echo "[hvdtrain install] no sshd and no apt-get as root: two-host tests will be skipped"; fi
+	@if command -v sbatch >/dev/null && command -v munged >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "[hvdtrain install] installing slurm-wlm and munge for the real-Slurm tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) \
+	    || echo "[hvdtrain install] could not install slurm-wlm: real-Slurm tests will be skipped"; \
+	else echo "[hvdtrain install] no Slurm and no apt-get as root: real-Slurm tests will be skipped"; fi

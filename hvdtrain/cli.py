@@ -188,6 +188,48 @@ def run(
                                   **where))
 
 
+@app.command()
+def sbatch(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes to allocate.")] = 1,
+    ntasks_per_node: Annotated[int, typer.Option(
+        "--ntasks-per-node", help="Training processes per node (one per GPU on GPU nodes).")] = 1,
+    time: Annotated[Optional[str], typer.Option(
+        "--time", help="Time limit: minutes, HH:MM:SS or D-HH:MM:SS.")] = None,
+    partition: Annotated[Optional[str], typer.Option("--partition", help="Partition.")] = None,
+    account: Annotated[Optional[str], typer.Option("--account", help="Account.")] = None,
+    qos: Annotated[Optional[str], typer.Option("--qos", help="Quality of service.")] = None,
+    gpus_per_node: Annotated[Optional[str], typer.Option(
+        "--gpus-per-node", help="GPUs per node: 2 or a100:2.")] = None,
+    cpus_per_task: Annotated[Optional[int], typer.Option(
+        "--cpus-per-task", help="CPU cores per training process.")] = None,
+    mem: Annotated[Optional[str], typer.Option("--mem", help="Memory per node, e.g. 32G.")] = None,
+    job_name: Annotated[Optional[str], typer.Option(
+        "--job-name", help="Job name (default: hvdtrain-<recipe>).")] = None,
+    signal_seconds: Annotated[int, typer.Option(
+        "--signal-seconds", help="Ask Slurm for SIGUSR1 this many seconds before the time limit "
+                                 "or preemption: hvdtrain checkpoints, stops and requeues.")] = 120,
+    requeue: Annotated[bool, typer.Option(
+        "--requeue/--no-requeue", help="Let the job requeue itself after a stop (it resumes "
+                                       "the same run directory).")] = True,
+    run_dir: RunDirOpt = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the batch script; write and submit nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a training run to Slurm: a batch script in a new run directory, then `sbatch`.
+
+    The job runs `hvdtrain run` on the allocation's hosts. Before the time limit or a preemption
+    Slurm sends SIGUSR1: the workers checkpoint mid-epoch, the job requeues itself and, when it
+    starts again, resumes the same run directory. Follow it with `hvdtrain runs` or `squeue`.
+    """
+    options = {k: v for k, v in locals().items() if k not in ("recipe", "overrides", "run_dir",
+                                                               "dry_run", "as_json")}
+    raise typer.Exit(_commands().sbatch(recipe, overrides or [], run_dir=run_dir, dry_run=dry_run,
+                                        as_json=as_json, **options))
+
+
 def report_error(exc: UserError, as_json: bool) -> int:
     """The one place bad input is reported: the message on stderr (and JSON on stdout)."""
     from rich.console import Console

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
 
 import typer
 from rich.console import Console
@@ -248,3 +250,60 @@ def _preflight_remote(the_plan) -> None:
         print_preflight(Console(stderr=True, highlight=False), report)
         raise UserError("pre-flight check failed, nothing launched (fix the hosts above, or skip "
                         "the check with --no-check)")
+
+
+def sbatch(recipe: str, overrides: list[str], *, run_dir: str | None, dry_run: bool,
+           as_json: bool, **options) -> int:
+    """Write a batch script into a new run directory and submit it (``--dry-run``: print it)."""
+    from pathlib import Path
+
+    from hvdtrain.launcher import sbatch as sb
+    from hvdtrain.launcher.plan import plan_run
+    from hvdtrain.recipe import load_recipe
+    from hvdtrain.rundir import RunDir
+
+    opts = sb.SbatchOptions(**options)
+    problems = sb.check_options(opts)
+    if problems:
+        raise UserError("the Slurm options cannot be submitted; nothing written:", problems)
+    # The allocation's hosts are unknown until the job starts: plan on stand-ins of its shape.
+    stand_ins = ",".join(f"slurm-node-{i + 1}:{opts.ntasks_per_node}" for i in range(opts.nodes))
+    the_plan = plan_run(recipe, overrides, np=opts.tasks, hosts=stand_ins, run_dir=run_dir)
+    folder, loaded = RunDir(the_plan.run_dir), load_recipe(recipe, overrides)
+    sb.check_run_dir(folder.path)
+    if folder.path.exists() and (not folder.path.is_dir() or any(folder.path.iterdir())):
+        raise UserError(f"run directory {folder.path} already exists: choose another --run-dir")
+    name = opts.job_name or re.sub(r"[^A-Za-z0-9_.+@-]", "-", f"hvdtrain-{loaded.name}")[:128]
+    text = sb.script_text(opts, folder, loaded.path.resolve(), overrides, name, Path.cwd())
+    if dry_run:
+        if as_json:
+            _echo_json({"ok": True, "run_dir": str(folder.path), "script": text,
+                        "job_name": name, "tasks": opts.tasks})
+        else:
+            typer.echo(text, nl=False)
+        return 0
+    _write_queued(folder, the_plan.recipe, text)
+    info = sb.record(folder, sb.submit(folder.sbatch_script, Path.cwd()), opts,
+                     loaded.path.resolve(), overrides)
+    follow = [f"squeue -j {info['job_id']}", f"tail -f {shlex.quote(info['output'])}",
+              f"hvdtrain runs {shlex.quote(str(folder.path.parent))}"]
+    if as_json:
+        _echo_json({"ok": True, "job_id": info["job_id"], "run_dir": str(folder.path),
+                    "script": info["script"], "output": info["output"], "follow": follow})
+    else:
+        typer.echo(f"submitted Slurm job {info['job_id']}: {loaded.name} on {opts.nodes} node(s) "
+                   f"x {opts.ntasks_per_node} task(s)\n  run dir  {folder.path}\n"
+                   f"  script   {info['script']}\n  follow   " + "\n           ".join(follow))
+    return 0
+
+
+def _write_queued(folder, recipe, text: str) -> None:
+    """The run directory as `hvdtrain sbatch` leaves it: resolved recipe, script, logs/."""
+    try:
+        folder.logs.mkdir(parents=True)
+        folder.write_recipe(recipe)
+        folder.sbatch_script.write_text(text)
+        folder.sbatch_script.chmod(0o755)
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {folder.path}: {exc.strerror}: choose "
+                        "another --run-dir (or launch.output_dir)") from None

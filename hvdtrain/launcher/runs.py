@@ -3,6 +3,7 @@ their manifests and metrics only (no torch), so it works on a copied runs/ folde
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -34,10 +35,12 @@ def describe(folder: Path) -> dict[str, Any] | None:
     """One run directory as a row, or None when ``folder`` is not one (no readable manifest)."""
     info = RunDir(folder).read_manifest()
     if not isinstance(info, dict) or "argv" not in info:
-        return None
+        return _queued(folder)
     status = info.get("status") or ("finished" if info.get("exit_status") == 0 else "failed")
     if status == "running" and not _alive(info.get("launcher_pid")):
         status = "killed"  # nothing runs it any more (hvdtrain died before recording the end)
+    if status == "stopped" and info.get("requeued"):
+        status = "requeued"  # Slurm starts it again; it resumes by itself
     epochs = [r for r in RunDir(folder).read_metrics()[0] if r.get("event") == "epoch"]
     accs = [e["eval_acc"] for e in epochs if isinstance(e.get("eval_acc"), (int, float))]
     start, end = _seconds(info.get("start_time")), _seconds(info.get("end_time"))
@@ -56,3 +59,21 @@ def list_runs(folder: Path) -> list[dict[str, Any]]:
     """Every run directory directly under ``folder``, newest first; other folders are skipped."""
     rows = [row for d in folder.iterdir() if d.is_dir() and (row := describe(d)) is not None]
     return sorted(rows, key=lambda r: r["start_time"] or "", reverse=True)
+
+
+def _queued(folder: Path) -> dict[str, Any] | None:
+    """A run `hvdtrain sbatch` submitted whose job has not started yet (no manifest)."""
+    run = RunDir(folder)
+    if not run.is_queued():
+        return None
+    try:
+        slurm = json.loads(run.slurm_file.read_text())
+        recipe = run.read_recipe()
+    except (OSError, ValueError):
+        return None
+    options = slurm.get("options") or {}
+    return {"run_dir": str(folder), "name": folder.name, "recipe": Path(slurm["recipe"]).stem,
+            "status": f"queued (Slurm job {slurm.get('job_id')})",
+            "np": (options.get("nodes") or 0) * (options.get("ntasks_per_node") or 0),
+            "hosts": [], "epochs_done": 0, "epochs": recipe.train.epochs, "best_eval_acc": None,
+            "wall_seconds": None, "start_time": slurm.get("submitted")}
