@@ -230,6 +230,37 @@ def sbatch(
                                         as_json=as_json, **options))
 
 
+@app.command()
+def bench(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    np: Annotated[str, typer.Option(
+        "--np", help="World sizes to measure, comma-separated.")] = "1,2",
+    compression: Annotated[str, typer.Option(
+        "--compression", help="Gradient compressions to measure: fp16, none or both.")] = "fp16,none",
+    hosts: HostsOpt = None,
+    hostfile: HostfileOpt = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Steps before timing starts.")] = 10,
+    steps: Annotated[int, typer.Option("--steps", help="Timed steps per configuration.")] = 30,
+    reference: Annotated[Optional[str], typer.Option(
+        "--reference", help="ddp: also run torchrun + DistributedDataParallel on the same model, "
+                            "batches and hosts, without and with fp16_compress_hook.")] = None,
+    run_dir: Annotated[Optional[str], typer.Option(
+        "--run-dir", help="Folder for the results (default: <launch.output_dir>/bench-<recipe>-"
+                          "<timestamp>).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure training throughput of the recipe's model on synthetic input of its shape.
+
+    One real launch per world size and compression: images/s in total and per rank, scaling
+    efficiency against np=1, MB allreduced per step and the share of each step waiting for the
+    allreduce. Data sets need no files. Exit 1 when a configuration failed.
+    """
+    raise typer.Exit(_commands().bench(recipe, overrides or [], np=np, compression=compression,
+                                       hosts=hosts, hostfile=hostfile, warmup=warmup, steps=steps,
+                                       reference=reference, run_dir=run_dir, as_json=as_json))
+
+
 def report_error(exc: UserError, as_json: bool) -> int:
     """The one place bad input is reported: the message on stderr (and JSON on stdout)."""
     from rich.console import Console

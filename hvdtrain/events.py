@@ -25,7 +25,7 @@ from typing import Any
 MARKER = "@@hvdtrain@@ "
 PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")
 KINDS = ("start", "resumed", "step", "epoch", "checkpoint", "warning", "error", "done", "beat",
-         "reset", "stopped")
+         "reset", "stopped", "bench")
 # `hvdtrain run` on SIGUSR1 (Slurm's warning before preemption or the time limit): the workers
 # checkpoint and stop; the run ends with this code (128 + SIGUSR1, as for the other signals).
 STOPPED_EXIT = 128 + int(signal.SIGUSR1)

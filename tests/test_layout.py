@@ -137,7 +137,7 @@ def test_cli_commands_only_forward() -> None:
     commands = [f for f in tree.body if isinstance(f, ast.FunctionDef)
                 and any("command" in ast.unparse(d) for d in f.decorator_list)]
     assert {f.name for f in commands} == {"doctor", "recipes", "show", "validate", "hosts", "plan",
-                                          "run", "runs", "report", "sbatch"}
+                                          "run", "runs", "report", "sbatch", "bench"}
     for f in commands:
         body = [s for s in f.body if not (isinstance(s, ast.Expr)
                                           and isinstance(s.value, ast.Constant))]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
 
@@ -307,3 +308,57 @@ def _write_queued(folder, recipe, text: str) -> None:
     except OSError as exc:
         raise UserError(f"cannot create run directory {folder.path}: {exc.strerror}: choose "
                         "another --run-dir (or launch.output_dir)") from None
+
+
+def bench(recipe: str, overrides: list[str], *, np: str, compression: str, hosts: str | None,
+          hostfile: str | None, warmup: int, steps: int, reference: str | None,
+          run_dir: str | None, as_json: bool) -> int:
+    """Throughput of the recipe's model per world size and compression (and the DDP reference)."""
+    import time
+    from pathlib import Path
+
+    from hvdtrain.launcher import bench as b
+    from hvdtrain.launcher.plan import resolve_hosts
+    from hvdtrain.recipe import load_recipe
+    from hvdtrain.rundir import RunDir
+
+    nps = b.parse_list("--np", np, b.positive, "a number of processes >= 1")
+    comps = b.parse_list("--compression", compression, b.compression, "fp16 or none")
+    if reference not in (None, "ddp"):
+        raise UserError(f"--reference {reference!r}: the only reference is ddp (torchrun + "
+                        "DistributedDataParallel)")
+    for flag, value, low in (("--warmup", warmup, 0), ("--steps", steps, 1)):
+        if not low <= value <= 100_000:
+            raise UserError(f"{flag} must be between {low} and 100000, got {value}")
+    loaded = load_recipe(recipe, overrides)
+    host_list = resolve_hosts(loaded.recipe, max(nps), hosts, hostfile, slurm=False)
+    if max(nps) > host_list.total_slots:
+        raise UserError(f"--np {max(nps)} needs more slots than {host_list.source} has "
+                        f"({host_list.total_slots}): lower --np or add hosts")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = RunDir(Path(run_dir).resolve() if run_dir else
+                    (Path(loaded.recipe.launch.output_dir) / f"bench-{loaded.name}-{stamp}").resolve())
+    if folder.path.exists() and any(folder.path.iterdir()):
+        raise UserError(f"{folder.path} already exists and is not empty: choose another --run-dir")
+    todo = b.configs(nps, comps, reference)
+    console = Console(stderr=True, highlight=False)
+
+    def progress(cfg, result) -> None:
+        what = "failed" if "error" in result else f"{result['images_per_s']:,.0f} images/s"
+        console.print(f"{cfg.kind} np={cfg.np} {cfg.compression}: {what} "
+                      f"({result['seconds']:.0f} s)")
+
+    rows = b.run_all(folder, loaded.recipe, host_list, todo, warmup, steps, progress)
+    meta = {"recipe": loaded.name, "overrides": overrides, "hosts": host_list.source,
+            "warmup": warmup, "steps": steps, "batch_size": loaded.recipe.data.batch_size,
+            "cpu_count": os.cpu_count()}
+    path = b.write(folder, meta, rows)
+    if as_json:
+        _echo_json({"ok": all("error" not in r for r in rows), "path": str(path), **meta,
+                    "results": rows})
+    else:
+        from hvdtrain.launcher.display import print_bench
+
+        print_bench(_out(), rows, f"{loaded.name}: {steps} steps of batch "
+                                  f"{loaded.recipe.data.batch_size}/rank on {host_list.source}", path)
+    return 0 if all("error" not in r for r in rows) else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -453,3 +454,33 @@ def make_view(plan: Plan, as_json: bool = False):
         return JsonView(plan)
     console = Console(highlight=False)
     return LiveView(plan, console) if console.is_terminal else PlainView(plan)
+
+
+def bench_table(rows: list[dict], title: str) -> Table:
+    """`hvdtrain bench`: one row per configuration; fits 80 columns."""
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("run", "left"), ("np", "right"), ("grads", "left"),
+                          ("img/s", "right"), ("/rank", "right"), ("eff.", "right"),
+                          ("MB/step", "right"), ("wait", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["kind"], str(r["np"]), r["compression"], "[red]failed[/]", "", "", "",
+                          "")
+            continue
+        pct = (lambda v: "-" if v is None else f"{100 * v:.0f}%")
+        table.add_row(r["kind"], str(r["np"]), r["compression"], f"{r['images_per_s']:,.0f}",
+                      f"{r['images_per_s_per_rank']:,.0f}", pct(r["efficiency"]),
+                      f"{r['allreduce_mb_per_step']:.2f}", pct(r["allreduce_wait_share"]))
+    return table
+
+
+def print_bench(console: Console, rows: list[dict], title: str, path: Path) -> None:
+    console.print(bench_table(rows, title))
+    console.print("grads: compression on the wire (ddp: its comm hook); eff.: images/s over np x "
+                  "the np=1 run of the same kind; wait: share of the step waiting for the "
+                  "allreduce (hvdtrain only; DDP overlaps it inside backward)", style="dim")
+    for r in rows:
+        if "error" in r:
+            console.print(f"[red]{r['kind']} np={r['np']} {r['compression']}: {escape(r['error'])}[/]")
+    console.print(f"results: {escape(str(path))}")

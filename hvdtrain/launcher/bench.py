@@ -1,0 +1,210 @@
+"""`hvdtrain bench RECIPE`: the recipe's model on synthetic input of its shape, for each world size
+and compression (``--np 1,2 --compression fp16,none``), on this machine or the hosts of
+``--hosts``/``--hostfile``; with ``--reference ddp`` the same model, batches and hosts under
+torchrun + DistributedDataParallel, without and with ``fp16_compress_hook``.
+
+Each configuration is one real launch (horovodrun or torchrun) of ``hvdtrain.worker.bench`` in
+its own folder of the bench directory; rank 0 reports the timings as one ``bench`` event. Rows:
+images/s in total and per rank, scaling efficiency against np=1 of the same kind, MB allreduced per
+step and the share of the step spent waiting for the allreduce. JSON: ``<dir>/bench.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hvdtrain.errors import UserError
+from hvdtrain.events import parse_line
+from hvdtrain.launcher.hosts import Host, HostList, assign
+from hvdtrain.recipe import Recipe
+from hvdtrain.rundir import RunDir, write_json_atomic
+
+COMPRESSIONS = ("fp16", "none")
+
+
+@dataclass(frozen=True)
+class Config:
+    kind: str  # "hvdtrain" or "ddp"
+    np: int
+    compression: str  # fp16 | none (ddp: the comm hook)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}-np{self.np}-{self.compression}"
+
+
+def parse_list(flag: str, text: str, parse: Callable[[str], object],
+               allowed: str) -> list:
+    """``--np 1,2`` / ``--compression fp16,none``: every item valid, no duplicates."""
+    items = [t.strip() for t in text.split(",")]
+    out = []
+    for item in items:
+        try:
+            value = parse(item)
+        except ValueError:
+            raise UserError(f"{flag} {text!r}: {item!r} is not {allowed}") from None
+        if value in out:
+            raise UserError(f"{flag} {text!r} lists {item} twice")
+        out.append(value)
+    return out
+
+
+def positive(item: str) -> int:
+    value = int(item)
+    if value < 1:
+        raise ValueError(item)
+    return value
+
+
+def compression(item: str) -> str:
+    if item not in COMPRESSIONS:
+        raise ValueError(item)
+    return item
+
+
+def configs(nps: list[int], comps: list[str], reference: str | None) -> list[Config]:
+    out = [Config("hvdtrain", n, c) for c in comps for n in nps]
+    if reference == "ddp":
+        out += [Config("ddp", n, c) for c in ("none", "fp16") for n in nps]
+    return out
+
+
+def image_classes(recipe: Recipe) -> int | None:
+    """An image folder's class count when the folder is here (else the bench assumes 10)."""
+    if recipe.data.dataset != "imagefolder" or not recipe.data.data_dir:
+        return None
+    train = Path(recipe.data.data_dir) / "train"
+    return len([d for d in train.iterdir() if d.is_dir()]) if train.is_dir() else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def worker_args(folder: Path, warmup: int, steps: int, classes: int | None) -> list[str]:
+    args = ["-m", "hvdtrain.worker.bench", "--run-dir", str(folder), "--warmup", str(warmup),
+            "--steps", str(steps)]
+    return args + (["--classes", str(classes)] if classes else [])
+
+
+def horovod_argv(recipe: Recipe, hosts: list[Host], np: int, args: list[str]) -> list[str]:
+    from hvdtrain.launcher.plan import build_argv, default_horovodrun
+
+    return build_argv(recipe, hosts, np, [sys.executable, *args], horovodrun=default_horovodrun())
+
+
+def ddp_argvs(recipe: Recipe, hosts: list[Host], args: list[str]) -> list[list[str]]:
+    """One torchrun per host (ssh for remote ones, with the recipe's ssh settings)."""
+    from hvdtrain.launcher.preflight import is_local, local_addresses
+
+    launch, port, local = recipe.launch, free_port(), local_addresses()
+    env = ([f"GLOO_SOCKET_IFNAME={launch.network_interfaces[0]}"]
+           if launch.network_interfaces else [])
+    out = []
+    for rank, host in enumerate(hosts):
+        run = [*(["env", *env] if env else []), sys.executable, "-m", "torch.distributed.run",
+               f"--nnodes={len(hosts)}", f"--node-rank={rank}",
+               f"--nproc-per-node={host.slots}", f"--master-addr={hosts[0].name}",
+               f"--master-port={port}", *args]
+        if len(hosts) == 1 and is_local(host.name, local):
+            out.append(run)
+            continue
+        ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
+        ssh += ["-p", str(launch.ssh_port)] if launch.ssh_port else []
+        ssh += ["-i", launch.ssh_identity_file] if launch.ssh_identity_file else []
+        out.append([*ssh, host.name, shlex.join(["cd", os.getcwd()]) + " && " + shlex.join(run)])
+    return out
+
+
+def launch_one(argvs: list[list[str]], timeout: float) -> tuple[dict | None, str]:
+    """Run the launches of one configuration together; (rank 0's bench event, their output)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env, start_new_session=True) for a in argvs]
+    texts = []
+    try:
+        for p in procs:
+            texts.append(p.communicate(timeout=timeout)[0])
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        return None, f"no result within {timeout:.0f} s"
+    text = "".join(texts)
+    found = [line.event for line in map(parse_line, text.splitlines())
+             if line.event and line.event.get("event") == "bench"]
+    bad = [p.returncode for p in procs if p.returncode]
+    return (found[0] if found and not bad else None), text
+
+
+def row(cfg: Config, ev: dict) -> dict:
+    """One configuration's numbers from rank 0's ``bench`` event."""
+    walls = [w for w, _ in ev["per_rank"]]
+    wall = max(walls)  # the job is as fast as its slowest rank
+    images = ev["np"] * ev["batch_size"] * ev["steps"]
+    waits = [w / t for t, w in ev["per_rank"] if w is not None and t]
+    return {"kind": cfg.kind, "np": cfg.np, "compression": cfg.compression,
+            "images_per_s": images / wall, "images_per_s_per_rank": images / wall / cfg.np,
+            "step_ms": 1000 * wall / ev["steps"], "allreduce_mb_per_step": ev["wire_bytes"] / 1e6,
+            "allreduce_wait_share": statistics.mean(waits) if waits else None,
+            "threads_per_rank": ev["threads"]}
+
+
+def add_efficiency(rows: list[dict]) -> None:
+    """Scaling efficiency: images/s at np=N over N times np=1's, for the same kind/compression."""
+    base = {(r["kind"], r["compression"]): r["images_per_s"] for r in rows if r.get("np") == 1
+            and r.get("images_per_s")}
+    for r in rows:
+        one = base.get((r["kind"], r["compression"]))
+        r["efficiency"] = (r["images_per_s"] / (r["np"] * one)) if one and r.get("images_per_s") \
+            else None
+
+
+def prepare(folder: RunDir, recipe: Recipe, cfg: Config) -> Path:
+    """The configuration's own folder, with the recipe it runs (compression set)."""
+    sub = folder.path / cfg.label
+    sub.mkdir(parents=True, exist_ok=True)
+    hv = recipe.horovod.model_copy(update={"compression": cfg.compression})
+    RunDir(sub).write_recipe(recipe.model_copy(update={"horovod": hv}))
+    return sub
+
+
+def run_all(folder: RunDir, recipe: Recipe, host_list: HostList, todo: list[Config],
+            warmup: int, steps: int, progress: Callable[[Config, dict | None], None]) -> list[dict]:
+    classes = image_classes(recipe)
+    rows = []
+    for cfg in todo:
+        sub = prepare(folder, recipe, cfg)
+        hosts = assign(host_list, cfg.np)
+        if cfg.kind == "hvdtrain":
+            argvs = [horovod_argv(recipe, hosts, cfg.np, worker_args(sub, warmup, steps, classes))]
+        else:
+            argvs = ddp_argvs(recipe, hosts, [*worker_args(sub, warmup, steps, classes), "--ddp",
+                                              cfg.compression])
+        t0 = time.monotonic()
+        ev, text = launch_one(argvs, timeout=600)
+        (sub / "output.log").write_text(text)
+        result = row(cfg, ev) if ev else {
+            "kind": cfg.kind, "np": cfg.np, "compression": cfg.compression,
+            "error": f"failed: see {sub / 'output.log'}"}
+        result["seconds"] = time.monotonic() - t0
+        rows.append(result)
+        progress(cfg, result)
+    add_efficiency(rows)
+    return rows
+
+
+def write(folder: RunDir, meta: dict, rows: list[dict]) -> Path:
+    path = folder.path / "bench.json"
+    write_json_atomic(path, {**meta, "results": rows})
+    return path

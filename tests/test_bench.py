@@ -1,0 +1,87 @@
+"""`hvdtrain bench` end to end at small sizes: real horovodrun and torchrun launches, the JSON
+schema, the table at 80 columns, bad lists refused, a data set that needs files still benched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import hvdtrain
+
+pytestmark = pytest.mark.horovod
+
+SMALL = ["--steps", "4", "--warmup", "2"]
+PARAMS = 89_930  # digits-cnn's SmallCNN
+
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench") / "b"
+    proc = hvdtrain("bench", "digits-cnn", "--np", "1,2", "--compression", "fp16,none",
+                    "--reference", "ddp", *SMALL, "--run-dir", str(folder), "--json", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout), folder
+
+
+def test_every_configuration_is_measured(bench_json) -> None:
+    out, folder = bench_json
+    assert out["ok"] and out["recipe"] == "digits-cnn" and out["steps"] == 4
+    got = [(r["kind"], r["np"], r["compression"]) for r in out["results"]]
+    assert got == [("hvdtrain", 1, "fp16"), ("hvdtrain", 2, "fp16"), ("hvdtrain", 1, "none"),
+                   ("hvdtrain", 2, "none"), ("ddp", 1, "none"), ("ddp", 2, "none"),
+                   ("ddp", 1, "fp16"), ("ddp", 2, "fp16")]
+    assert json.loads((folder / "bench.json").read_text())["results"] == out["results"]
+    for r in out["results"]:
+        assert r["images_per_s"] > 0
+        assert r["images_per_s_per_rank"] == pytest.approx(r["images_per_s"] / r["np"])
+        assert r["allreduce_mb_per_step"] == pytest.approx(
+            PARAMS * (2 if r["compression"] == "fp16" else 4) / 1e6)
+        if r["np"] == 1:
+            assert r["efficiency"] == pytest.approx(1.0)
+        else:
+            assert 0 < r["efficiency"] < 2
+        if r["kind"] == "hvdtrain":
+            assert 0 <= r["allreduce_wait_share"] < 1
+        else:
+            assert r["allreduce_wait_share"] is None
+        assert (folder / f"{r['kind']}-np{r['np']}-{r['compression']}" / "output.log").exists()
+
+
+def test_table_fits_80_columns(tmp_path: Path) -> None:
+    proc = hvdtrain("bench", "digits-cnn", "--np", "1", "--compression", "none", *SMALL,
+                    "--run-dir", str(tmp_path / "b"), env={"COLUMNS": "80"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    header = next(x for x in lines if "img/s" in x)
+    for name in ("run", "np", "grads", "/rank", "eff.", "MB/step", "wait"):
+        assert name in header
+    rows = [[c.strip() for c in x.split("│")[1:-1]] for x in lines if x.startswith("│")]
+    assert [r[:3] for r in rows] == [["hvdtrain", "1", "none"]]
+    assert "hvdtrain np=1 none:" in proc.stderr  # progress while it runs
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--np", "1,x"], "--np '1,x': 'x' is not a number of processes >= 1"),
+    (["--np", "0"], "--np '0': '0' is not a number of processes >= 1"),
+    (["--np", "2,2"], "--np '2,2' lists 2 twice"),
+    (["--compression", "fp8"], "--compression 'fp8': 'fp8' is not fp16 or none"),
+    (["--reference", "torch"], "--reference 'torch': the only reference is ddp"),
+    (["--steps", "0"], "--steps must be between 1 and 100000, got 0"),
+    (["--np", "3", "--hosts", "localhost:2"], "--np 3 needs more slots than --hosts has (2)"),
+])
+def test_bad_lists_are_refused_before_anything_runs(args: list[str], message: str,
+                                                    tmp_path: Path) -> None:
+    proc = hvdtrain("bench", "digits-cnn", *args, "--run-dir", str(tmp_path / "b"))
+    assert proc.returncode == 2
+    assert message in " ".join(proc.stderr.split())
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_data_set_that_needs_files_is_benched_on_synthetic_input(tmp_path: Path) -> None:
+    proc = hvdtrain("bench", "imagefolder-resnet", f"data.data_dir={tmp_path / 'nothing-here'}",
+                    "data.image_size=32", "model.width=8", "--np", "1", "--compression", "none",
+                    *SMALL, "--run-dir", str(tmp_path / "b"), "--json", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["results"][0]["images_per_s"] > 0
