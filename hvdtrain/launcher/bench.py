@@ -120,7 +120,7 @@ def ddp_argvs(recipe: Recipe, hosts: list[Host], args: list[str]) -> list[list[s
         if len(hosts) == 1 and is_local(host.name, local):
             out.append(run)
             continue
-        ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
+        ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"]
         ssh += ["-p", str(launch.ssh_port)] if launch.ssh_port else []
         ssh += ["-i", launch.ssh_identity_file] if launch.ssh_identity_file else []
         out.append([*ssh, host.name, shlex.join(["cd", os.getcwd()]) + " && " + shlex.join(run)])
