@@ -193,6 +193,10 @@ class HorovodConfig(_Section):
     gradient_predivide_factor: PosFloat = 1.0
     backward_passes_per_step: PosInt = 1
     fusion_threshold_mb: NonNegInt = 128
+    # Measured (2 cores, np=2 loopback, synthetic-bench model.width=64, fp16, images/s of two
+    # interleaved rounds): before patch 5 (idle cycles): 1 ms 107/95, 5 ms 115/111, 20 ms 120/115;
+    # with patch 5 (idle ranks sleep until work arrives): 1 ms 119/112, 5 ms 108/117,
+    # 20 ms 122/119, all within the noise, so 1 ms stays: the lowest latency for small models.
     cycle_time_ms: PosFloat = 1.0
     cache_capacity: NonNegInt = 1024
     hierarchical_allreduce: bool = False
