@@ -32,10 +32,11 @@ CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.pt$")
 CHECKPOINT_TMP_PREFIX = ".tmp-"  # a write in progress (or killed): never a valid checkpoint
 
 
-def default_run_dir(loaded: LoadedRecipe, now: float | None = None) -> Path:
-    """``<launch.output_dir>/<recipe>-<YYYYmmdd-HHMMSS>``, absolute (workers may cd elsewhere)."""
+def default_run_dir(loaded: LoadedRecipe, now: float | None = None, prefix: str = "") -> Path:
+    """``<launch.output_dir>/<prefix><recipe>-<YYYYmmdd-HHMMSS>``, absolute (workers may cd
+    elsewhere); `hvdtrain bench` uses the prefix ``bench-``."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    return (Path(loaded.recipe.launch.output_dir) / f"{loaded.name}-{stamp}").resolve()
+    return (Path(loaded.recipe.launch.output_dir) / f"{prefix}{loaded.name}-{stamp}").resolve()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -260,7 +260,6 @@ def sbatch(recipe: str, overrides: list[str], *, run_dir: str | None, dry_run: b
 
     from hvdtrain.launcher import sbatch as sb
     from hvdtrain.launcher.plan import plan_run
-    from hvdtrain.recipe import load_recipe
     from hvdtrain.rundir import RunDir
 
     opts = sb.SbatchOptions(**options)
@@ -270,12 +269,13 @@ def sbatch(recipe: str, overrides: list[str], *, run_dir: str | None, dry_run: b
     # The allocation's hosts are unknown until the job starts: plan on stand-ins of its shape.
     stand_ins = ",".join(f"slurm-node-{i + 1}:{opts.ntasks_per_node}" for i in range(opts.nodes))
     the_plan = plan_run(recipe, overrides, np=opts.tasks, hosts=stand_ins, run_dir=run_dir)
-    folder, loaded = RunDir(the_plan.run_dir), load_recipe(recipe, overrides)
+    folder, recipe_file = RunDir(the_plan.run_dir), the_plan.recipe_path.resolve()
     sb.check_run_dir(folder.path)
     if folder.path.exists() and (not folder.path.is_dir() or any(folder.path.iterdir())):
         raise UserError(f"run directory {folder.path} already exists: choose another --run-dir")
-    name = opts.job_name or re.sub(r"[^A-Za-z0-9_.+@-]", "-", f"hvdtrain-{loaded.name}")[:128]
-    text = sb.script_text(opts, folder, loaded.path.resolve(), overrides, name, Path.cwd())
+    name = opts.job_name or re.sub(r"[^A-Za-z0-9_.+@-]", "-",
+                                   f"hvdtrain-{the_plan.recipe_name}")[:128]
+    text = sb.script_text(opts, folder, recipe_file, overrides, name, Path.cwd())
     if dry_run:
         if as_json:
             _echo_json({"ok": True, "run_dir": str(folder.path), "script": text,
@@ -284,15 +284,16 @@ def sbatch(recipe: str, overrides: list[str], *, run_dir: str | None, dry_run: b
             typer.echo(text, nl=False)
         return 0
     _write_queued(folder, the_plan.recipe, text)
-    info = sb.record(folder, sb.submit(folder.sbatch_script, Path.cwd()), opts,
-                     loaded.path.resolve(), overrides)
+    info = sb.record(folder, sb.submit(folder.sbatch_script, Path.cwd()), opts, recipe_file,
+                     overrides)
     follow = [f"squeue -j {info['job_id']}", f"tail -f {shlex.quote(info['output'])}",
               f"hvdtrain runs {shlex.quote(str(folder.path.parent))}"]
     if as_json:
         _echo_json({"ok": True, "job_id": info["job_id"], "run_dir": str(folder.path),
                     "script": info["script"], "output": info["output"], "follow": follow})
     else:
-        typer.echo(f"submitted Slurm job {info['job_id']}: {loaded.name} on {opts.nodes} node(s) "
+        typer.echo(f"submitted Slurm job {info['job_id']}: {the_plan.recipe_name} on {opts.nodes} "
+                   "node(s) "
                    f"x {opts.ntasks_per_node} task(s)\n  run dir  {folder.path}\n"
                    f"  script   {info['script']}\n  follow   " + "\n           ".join(follow))
     return 0
@@ -314,13 +315,12 @@ def bench(recipe: str, overrides: list[str], *, np: str, compression: str, hosts
           hostfile: str | None, warmup: int, steps: int, reference: str | None,
           run_dir: str | None, as_json: bool) -> int:
     """Throughput of the recipe's model per world size and compression (and the DDP reference)."""
-    import time
     from pathlib import Path
 
     from hvdtrain.launcher import bench as b
     from hvdtrain.launcher.plan import resolve_hosts
     from hvdtrain.recipe import load_recipe
-    from hvdtrain.rundir import RunDir
+    from hvdtrain.rundir import RunDir, default_run_dir
 
     nps = b.parse_list("--np", np, b.positive, "a number of processes >= 1")
     comps = b.parse_list("--compression", compression, b.compression, "fp16 or none")
@@ -335,9 +335,8 @@ def bench(recipe: str, overrides: list[str], *, np: str, compression: str, hosts
     if max(nps) > host_list.total_slots:
         raise UserError(f"--np {max(nps)} needs more slots than {host_list.source} has "
                         f"({host_list.total_slots}): lower --np or add hosts")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = RunDir(Path(run_dir).resolve() if run_dir else
-                    (Path(loaded.recipe.launch.output_dir) / f"bench-{loaded.name}-{stamp}").resolve())
+                    default_run_dir(loaded, prefix="bench-"))
     if folder.path.exists() and any(folder.path.iterdir()):
         raise UserError(f"{folder.path} already exists and is not empty: choose another --run-dir")
     todo = b.configs(nps, comps, reference)

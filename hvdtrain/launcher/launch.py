@@ -264,12 +264,12 @@ def _supervise(plan: Plan, stream: _Stream, spare: tuple[int, ...]) -> tuple[int
                 raw = sup.next_line(timeout=0.5)
             except EOFError:
                 break
-            if raw is not None:
-                stream.feed(raw)
             if StopRequest.requested and not announced:
                 announced = True
                 stream.view.output(Line(None, "launcher", "SIGUSR1: asked the workers to "
                                         "checkpoint and stop at the next log interval"))
+            if raw is not None:
+                stream.feed(raw)
             elif watchdog and time.monotonic() - stream.last_progress > watchdog:
                 sup.stop()
                 return 124, [f"no progress from the workers for {watchdog:.0f} s "

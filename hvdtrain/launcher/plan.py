@@ -64,6 +64,7 @@ class Plan:
     resume: bool = False
     epochs_done: int = 0  # with resume: the newest complete checkpoint's epoch
     warnings: list[str] = field(default_factory=list)
+    recipe_path: Path | None = None  # the recipe file the plan was made from
 
     @property
     def command(self) -> str:
@@ -436,7 +437,7 @@ def build_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None
         global_batch=recipe.data.batch_size * world * recipe.horovod.backward_passes_per_step,
         steps_per_epoch=spe, base_lr=recipe.optimizer.base_lr, peak_lr=peak_lr(cfg, world),
         warmup_steps=warm, lr_points=points, env=env, argv=argv, run_dir=run_dir, resume=resume,
-        warnings=[*recipe_warnings(recipe), *host_list.warnings])
+        warnings=[*recipe_warnings(recipe), *host_list.warnings], recipe_path=loaded.path)
 
 
 def plan_dict(plan: Plan) -> dict:
