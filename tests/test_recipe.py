@@ -137,6 +137,10 @@ INJECTION = [
     ("horovod:\n  op: adasum\n  gradient_predivide_factor: 2\n",
      "r.yaml:1: horovod: gradient_predivide_factor applies only to op: average (Horovod rejects it "
      "with adasum): set it to 1.0 or use op: average"),
+    ("horovod:\n  op: adasum\n",
+     "r.yaml:2: horovod.op: adasum needs launch.controller: mpi (Horovod implements Adasum only "
+     "over MPI; with Gloo every rank fails with 'No Adasum operation enabled'): use op: average, "
+     "or controller: mpi with an MPI-enabled Horovod build"),
     ("horovod:\n  stall_check_warning_seconds: 60\n  stall_check_shutdown_seconds: 30\n",
      "r.yaml:1: horovod: stall_check_shutdown_seconds must be greater than "
      "stall_check_warning_seconds (or 0 to never shut down)"),

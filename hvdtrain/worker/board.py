@@ -1,6 +1,7 @@
 """TensorBoard curves from rank 0, in ``RUN_DIR/tensorboard/`` (as Horovod's PyTorch example and
-Lightning do): loss and accuracy per log window, the LR every step (the warmup is visible), eval
-loss and accuracy, images/s, epoch time and the share of it spent waiting for data.
+Lightning do): loss, accuracy and the LR per log window (every step cost ~70 us a scalar, 2 % of a
+digits step; the warmup still shows), eval loss and accuracy, images/s, epoch time and the share of
+it spent waiting for data.
 ``train.tensorboard: false``, another rank, or no tensorboard package: every call does nothing."""
 
 from __future__ import annotations

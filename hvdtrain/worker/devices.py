@@ -4,6 +4,7 @@ is Horovod's documented one-GPU-per-process pattern and is not run by the test s
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -40,8 +41,8 @@ def choose_device(setting: str, precision: str, seen: Seen) -> torch.device:
     return torch.device("cuda", seen.local_rank) if cuda else torch.device("cpu")
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """Mixed-precision compute for forward and loss (fp32: a disabled context)."""
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """Mixed-precision compute for forward and loss (fp32: no context at all; a disabled
+    torch.autocast costs ~2 us a step)."""
     dtype = AUTOCAST[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32,
-                          enabled=dtype is not None)
+    return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)

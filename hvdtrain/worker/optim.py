@@ -27,14 +27,34 @@ def distributed_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim
     # Horovod: wrap the optimizer so gradients are ring-allreduced (fused, compressed) before
     # every step; fp16 compression halves the bytes on the wire. With k backward passes per step
     # it allreduces once every k backward() calls.
+    # Gradients go in ~group_mb groups (one fused allreduce each) rather than tensor by tensor.
     optimizer = hvd.DistributedOptimizer(
         make_optimizer(model, recipe), named_parameters=model.named_parameters(),
         compression=hvd.Compression.fp16 if hv.compression == "fp16" else hvd.Compression.none,
         op=hvd.Adasum if hv.op == "adasum" else hvd.Average,
         gradient_predivide_factor=hv.gradient_predivide_factor,
-        backward_passes_per_step=hv.backward_passes_per_step)
+        backward_passes_per_step=hv.backward_passes_per_step,
+        groups=gradient_groups(model, hv.group_mb) if hv.op == "average" else None)
     prime_optimizer_state(optimizer)
     return optimizer
+
+
+def gradient_groups(model: torch.nn.Module, mb: float) -> list[list[torch.nn.Parameter]] | None:
+    """The trainable parameters in groups of at least ``mb`` MB of float32 gradient, last
+    parameter first (roughly the order backward produces them), as DDP fills its buckets; None
+    (Horovod's one allreduce per tensor) for 0. Every rank builds the same model, so the same
+    groups: Horovod matches a group's allreduce across ranks by its first parameter's name."""
+    if mb <= 0:
+        return None
+    groups: list[list[torch.nn.Parameter]] = [[]]
+    size = 0
+    for p in reversed([p for p in model.parameters() if p.requires_grad]):
+        if size >= mb * 2**20:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += p.numel() * 4
+    return groups if groups[0] else None
 
 
 def prime_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -62,10 +82,31 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def grads_finite(params: list[torch.nn.Parameter]) -> bool:
-    """One fused norm over every gradient: Inf or NaN anywhere makes it non-finite."""
-    grads = [p.grad for p in params if p.grad is not None]
-    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))) if grads else True
+class FiniteCheck:
+    """Whether every gradient is free of Inf and NaN, called once per step.
+
+    GradScaler's fused check (one kernel over all gradients; it multiplies them by 1.0 in place,
+    which changes no value), with its two one-element tensors made once: ~14 us for digits' ten
+    gradients where a total norm took ~50 us, over 1 % of a 4 ms step. Parameters of mixed
+    devices or dtypes fall back to the total norm."""
+
+    def __init__(self, params: list[torch.nn.Parameter]) -> None:
+        self.params = params
+        kinds = {(p.device, p.dtype) for p in params}
+        self.fused = len(kinds) == 1
+        if self.fused:
+            device = params[0].device
+            self.found, self.one = torch.zeros(1, device=device), torch.ones(1, device=device)
+
+    def __call__(self) -> bool:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return True
+        if not self.fused:
+            return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        self.found.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found, self.one)
+        return not bool(self.found.item())
 
 
 def compression_report(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
