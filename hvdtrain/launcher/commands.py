@@ -292,9 +292,9 @@ def sbatch(recipe: str, overrides: list[str], *, run_dir: str | None, dry_run: b
         _echo_json({"ok": True, "job_id": info["job_id"], "run_dir": str(folder.path),
                     "script": info["script"], "output": info["output"], "follow": follow})
     else:
-        typer.echo(f"submitted Slurm job {info['job_id']}: {the_plan.recipe_name} on {opts.nodes} "
-                   "node(s) "
-                   f"x {opts.ntasks_per_node} task(s)\n  run dir  {folder.path}\n"
+        typer.echo(f"submitted Slurm job {info['job_id']}: {the_plan.recipe_name} on "
+                   f"{opts.nodes} node(s) x {opts.ntasks_per_node} task(s)\n"
+                   f"  run dir  {folder.path}\n"
                    f"  script   {info['script']}\n  follow   " + "\n           ".join(follow))
     return 0
 
