@@ -242,6 +242,9 @@ def bench(
     hostfile: HostfileOpt = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Steps before timing starts.")] = 10,
     steps: Annotated[int, typer.Option("--steps", help="Timed steps per configuration.")] = 30,
+    rounds: Annotated[int, typer.Option(
+        "--rounds", help="Run the whole set this many times, interleaved, and report medians: "
+                         "shared and cloud machines have slow spells of seconds to minutes.")] = 1,
     reference: Annotated[Optional[str], typer.Option(
         "--reference", help="ddp: also run torchrun + DistributedDataParallel on the same model, "
                             "batches and hosts, without and with fp16_compress_hook.")] = None,
@@ -258,7 +261,7 @@ def bench(
     """
     raise typer.Exit(_commands().bench(recipe, overrides or [], np=np, compression=compression,
                                        hosts=hosts, hostfile=hostfile, warmup=warmup, steps=steps,
-                                       reference=reference, run_dir=run_dir, as_json=as_json))
+                                       rounds=rounds, reference=reference, run_dir=run_dir, as_json=as_json))
 
 
 def report_error(exc: UserError, as_json: bool) -> int:

@@ -62,6 +62,41 @@ def test_table_fits_80_columns(tmp_path: Path) -> None:
     assert "hvdtrain np=1 none:" in proc.stderr  # progress while it runs
 
 
+def test_rounds_are_interleaved_and_reported_as_medians(tmp_path: Path) -> None:
+    proc = hvdtrain("bench", "digits-cnn", "--np", "1,2", "--compression", "none", "--rounds", "3",
+                    *SMALL, "--run-dir", str(tmp_path / "b"), env={"COLUMNS": "80"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    order = [x.split(":")[0] + ":" + x.split(":")[1] for x in proc.stderr.splitlines()
+             if x.startswith("round ")]
+    assert order == [f"round {r}/3: hvdtrain np={n} none" for r in (1, 2, 3) for n in (1, 2)]
+    saved = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert saved["rounds"] == 3
+    for r in saved["results"]:
+        rates = r["rounds_images_per_s"]
+        assert len(rates) == 3 and r["images_per_s"] == sorted(rates)[1]
+        assert r["spread"] == pytest.approx((max(rates) - min(rates)) / sorted(rates)[1])
+        for k in (1, 2, 3):
+            assert (tmp_path / "b" / f"hvdtrain-np{r['np']}-none" / f"round-{k}" /
+                    "output.log").exists()
+    lines = proc.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    assert "spread" in next(x for x in lines if "img/s" in x)
+    assert "median of 3 interleaved rounds" in " ".join(proc.stdout.split())
+
+
+def test_a_failed_round_fails_its_configuration() -> None:
+    from hvdtrain.launcher.bench import combine
+
+    ok = {"kind": "hvdtrain", "np": 2, "compression": "none", "images_per_s": 100.0,
+          "images_per_s_per_rank": 50.0, "step_ms": 640.0, "allreduce_wait_share": 0.1,
+          "seconds": 10.0}
+    bad = {"kind": "hvdtrain", "np": 2, "compression": "none", "error": "failed: see x/output.log",
+           "seconds": 3.0}
+    assert combine([ok, bad]) == {**bad, "seconds": 13.0}
+    both = combine([ok, {**ok, "images_per_s": 300.0, "allreduce_wait_share": None}])
+    assert (both["images_per_s"], both["allreduce_wait_share"], both["spread"]) == (200.0, 0.1, 1.0)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--np", "1,x"], "--np '1,x': 'x' is not a number of processes >= 1"),
     (["--np", "0"], "--np '0': '0' is not a number of processes >= 1"),
@@ -69,6 +104,7 @@ def test_table_fits_80_columns(tmp_path: Path) -> None:
     (["--compression", "fp8"], "--compression 'fp8': 'fp8' is not fp16 or none"),
     (["--reference", "torch"], "--reference 'torch': the only reference is ddp"),
     (["--steps", "0"], "--steps must be between 1 and 100000, got 0"),
+    (["--rounds", "0"], "--rounds must be between 1 and 100, got 0"),
     (["--np", "3", "--hosts", "localhost:2"], "--np 3 needs more slots than --hosts has (2)"),
 ])
 def test_bad_lists_are_refused_before_anything_runs(args: list[str], message: str,

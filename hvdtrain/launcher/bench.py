@@ -6,7 +6,9 @@ torchrun + DistributedDataParallel, without and with ``fp16_compress_hook``.
 Each configuration is one real launch (horovodrun or torchrun) of ``hvdtrain.worker.bench`` in
 its own folder of the bench directory; rank 0 reports the timings as one ``bench`` event. Rows:
 images/s in total and per rank, scaling efficiency against np=1 of the same kind, MB allreduced per
-step and the share of the step spent waiting for the allreduce. JSON: ``<dir>/bench.json``.
+step and the share of the step spent waiting for the allreduce. With ``--rounds N`` the whole set
+runs N times, interleaved, and each row holds the medians and every round's images/s. JSON:
+``<dir>/bench.json``.
 """
 
 from __future__ import annotations
@@ -170,36 +172,68 @@ def add_efficiency(rows: list[dict]) -> None:
             else None
 
 
-def prepare(folder: RunDir, recipe: Recipe, cfg: Config) -> Path:
-    """The configuration's own folder, with the recipe it runs (compression set)."""
-    sub = folder.path / cfg.label
+def prepare(folder: RunDir, recipe: Recipe, cfg: Config, rnd: int | None) -> Path:
+    """The configuration's own folder (one per round when there are several), with the recipe it
+    runs (compression set)."""
+    sub = folder.path / cfg.label / (f"round-{rnd + 1}" if rnd is not None else "")
     sub.mkdir(parents=True, exist_ok=True)
     hv = recipe.horovod.model_copy(update={"compression": cfg.compression})
     RunDir(sub).write_recipe(recipe.model_copy(update={"horovod": hv}))
     return sub
 
 
+def measure(recipe: Recipe, host_list: HostList, cfg: Config, sub: Path, warmup: int, steps: int,
+            classes: int | None) -> dict:
+    """One launch of one configuration: its row, or its error (the output is in ``sub``)."""
+    hosts = assign(host_list, cfg.np)
+    if cfg.kind == "hvdtrain":
+        argvs = [horovod_argv(recipe, hosts, cfg.np, worker_args(sub, warmup, steps, classes))]
+    else:
+        argvs = ddp_argvs(recipe, hosts, [*worker_args(sub, warmup, steps, classes), "--ddp",
+                                          cfg.compression])
+    t0 = time.monotonic()
+    ev, text = launch_one(argvs, timeout=600)
+    (sub / "output.log").write_text(text)
+    result = row(cfg, ev) if ev else {
+        "kind": cfg.kind, "np": cfg.np, "compression": cfg.compression,
+        "error": f"failed: see {sub / 'output.log'}"}
+    result["seconds"] = time.monotonic() - t0
+    return result
+
+
+def combine(runs: list[dict]) -> dict:
+    """A configuration's rounds as one row: the median of each timing, every round's images/s and
+    their spread ((max - min) / median); a failed round makes the row an error."""
+    failed = [r for r in runs if "error" in r]
+    out = dict(failed[0] if failed else runs[0])
+    out["seconds"] = sum(r["seconds"] for r in runs)
+    if failed:
+        return out
+    rates = [r["images_per_s"] for r in runs]
+    for key in ("images_per_s", "images_per_s_per_rank", "step_ms", "allreduce_wait_share"):
+        values = [r[key] for r in runs if r[key] is not None]
+        out[key] = statistics.median(values) if values else None
+    out["rounds_images_per_s"] = rates
+    out["spread"] = (max(rates) - min(rates)) / out["images_per_s"]
+    return out
+
+
 def run_all(folder: RunDir, recipe: Recipe, host_list: HostList, todo: list[Config],
-            warmup: int, steps: int, progress: Callable[[Config, dict | None], None]) -> list[dict]:
+            warmup: int, steps: int, progress: Callable[[Config, dict, int], None],
+            rounds: int = 1) -> list[dict]:
+    """Every configuration ``rounds`` times, interleaved (A B C, A B C, ...): a shared or virtual
+    machine has slow spells lasting seconds to minutes, and interleaving spreads them over every
+    configuration instead of one. A configuration that failed is not run again."""
     classes = image_classes(recipe)
-    rows = []
-    for cfg in todo:
-        sub = prepare(folder, recipe, cfg)
-        hosts = assign(host_list, cfg.np)
-        if cfg.kind == "hvdtrain":
-            argvs = [horovod_argv(recipe, hosts, cfg.np, worker_args(sub, warmup, steps, classes))]
-        else:
-            argvs = ddp_argvs(recipe, hosts, [*worker_args(sub, warmup, steps, classes), "--ddp",
-                                              cfg.compression])
-        t0 = time.monotonic()
-        ev, text = launch_one(argvs, timeout=600)
-        (sub / "output.log").write_text(text)
-        result = row(cfg, ev) if ev else {
-            "kind": cfg.kind, "np": cfg.np, "compression": cfg.compression,
-            "error": f"failed: see {sub / 'output.log'}"}
-        result["seconds"] = time.monotonic() - t0
-        rows.append(result)
-        progress(cfg, result)
+    runs: dict[Config, list[dict]] = {cfg: [] for cfg in todo}
+    for rnd in range(rounds):
+        for cfg in todo:
+            if any("error" in r for r in runs[cfg]):
+                continue
+            sub = prepare(folder, recipe, cfg, rnd if rounds > 1 else None)
+            runs[cfg].append(measure(recipe, host_list, cfg, sub, warmup, steps, classes))
+            progress(cfg, runs[cfg][-1], rnd)
+    rows = [combine(r) for r in runs.values()]
     add_efficiency(rows)
     return rows
 

@@ -312,7 +312,7 @@ def _write_queued(folder, recipe, text: str) -> None:
 
 
 def bench(recipe: str, overrides: list[str], *, np: str, compression: str, hosts: str | None,
-          hostfile: str | None, warmup: int, steps: int, reference: str | None,
+          hostfile: str | None, warmup: int, steps: int, rounds: int, reference: str | None,
           run_dir: str | None, as_json: bool) -> int:
     """Throughput of the recipe's model per world size and compression (and the DDP reference)."""
     from pathlib import Path
@@ -327,9 +327,10 @@ def bench(recipe: str, overrides: list[str], *, np: str, compression: str, hosts
     if reference not in (None, "ddp"):
         raise UserError(f"--reference {reference!r}: the only reference is ddp (torchrun + "
                         "DistributedDataParallel)")
-    for flag, value, low in (("--warmup", warmup, 0), ("--steps", steps, 1)):
-        if not low <= value <= 100_000:
-            raise UserError(f"{flag} must be between {low} and 100000, got {value}")
+    for flag, value, low, high in (("--warmup", warmup, 0, 100_000), ("--steps", steps, 1, 100_000),
+                                   ("--rounds", rounds, 1, 100)):
+        if not low <= value <= high:
+            raise UserError(f"{flag} must be between {low} and {high}, got {value}")
     loaded = load_recipe(recipe, overrides)
     host_list = resolve_hosts(loaded.recipe, max(nps), hosts, hostfile, slurm=False)
     if max(nps) > host_list.total_slots:
@@ -342,14 +343,16 @@ def bench(recipe: str, overrides: list[str], *, np: str, compression: str, hosts
     todo = b.configs(nps, comps, reference)
     console = Console(stderr=True, highlight=False)
 
-    def progress(cfg, result) -> None:
+    def progress(cfg, result, rnd: int) -> None:
         what = "failed" if "error" in result else f"{result['images_per_s']:,.0f} images/s"
-        console.print(f"{cfg.kind} np={cfg.np} {cfg.compression}: {what} "
+        where = f"round {rnd + 1}/{rounds}: " if rounds > 1 else ""
+        console.print(f"{where}{cfg.kind} np={cfg.np} {cfg.compression}: {what} "
                       f"({result['seconds']:.0f} s)")
 
-    rows = b.run_all(folder, loaded.recipe, host_list, todo, warmup, steps, progress)
+    rows = b.run_all(folder, loaded.recipe, host_list, todo, warmup, steps, progress, rounds)
     meta = {"recipe": loaded.name, "overrides": overrides, "hosts": host_list.source,
-            "warmup": warmup, "steps": steps, "batch_size": loaded.recipe.data.batch_size,
+            "warmup": warmup, "steps": steps, "rounds": rounds,
+            "batch_size": loaded.recipe.data.batch_size,
             "cpu_count": os.cpu_count()}
     path = b.write(folder, meta, rows)
     if as_json:
@@ -358,6 +361,8 @@ def bench(recipe: str, overrides: list[str], *, np: str, compression: str, hosts
     else:
         from hvdtrain.launcher.display import print_bench
 
+        rnds = f", median of {rounds} interleaved rounds" if rounds > 1 else ""
         print_bench(_out(), rows, f"{loaded.name}: {steps} steps of batch "
-                                  f"{loaded.recipe.data.batch_size}/rank on {host_list.source}", path)
+                                  f"{loaded.recipe.data.batch_size}/rank on {host_list.source}{rnds}",
+                    path)
     return 0 if all("error" not in r for r in rows) else 1

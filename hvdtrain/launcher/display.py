@@ -457,20 +457,24 @@ def make_view(plan: Plan, as_json: bool = False):
 
 
 def bench_table(rows: list[dict], title: str) -> Table:
-    """`hvdtrain bench`: one row per configuration; fits 80 columns."""
+    """`hvdtrain bench`: one row per configuration; fits 80 columns. With several rounds, a
+    "spread" column: (max - min) / median of the rounds' images/s."""
+    rounds = any(len(r.get("rounds_images_per_s", ())) > 1 for r in rows)
     table = Table(title=title, title_justify="left")
     for name, justify in (("run", "left"), ("np", "right"), ("grads", "left"),
-                          ("img/s", "right"), ("/rank", "right"), ("eff.", "right"),
-                          ("MB/step", "right"), ("wait", "right")):
+                          ("img/s", "right"), *((("spread", "right"),) if rounds else ()),
+                          ("/rank", "right"), ("eff.", "right"), ("MB/step", "right"),
+                          ("wait", "right")):
         table.add_column(name, justify=justify, no_wrap=True)
+    pct = (lambda v: "-" if v is None else f"{100 * v:.0f}%")
     for r in rows:
         if "error" in r:
-            table.add_row(r["kind"], str(r["np"]), r["compression"], "[red]failed[/]", "", "", "",
-                          "")
+            table.add_row(r["kind"], str(r["np"]), r["compression"], "[red]failed[/]",
+                          *[""] * (len(table.columns) - 4))
             continue
-        pct = (lambda v: "-" if v is None else f"{100 * v:.0f}%")
+        spread = (pct(r.get("spread")),) if rounds else ()
         table.add_row(r["kind"], str(r["np"]), r["compression"], f"{r['images_per_s']:,.0f}",
-                      f"{r['images_per_s_per_rank']:,.0f}", pct(r["efficiency"]),
+                      *spread, f"{r['images_per_s_per_rank']:,.0f}", pct(r["efficiency"]),
                       f"{r['allreduce_mb_per_step']:.2f}", pct(r["allreduce_wait_share"]))
     return table
 
