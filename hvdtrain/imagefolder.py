@@ -31,13 +31,18 @@ def _images(folder: Path) -> list[str]:
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def class_names(split_dir: Path) -> list[str]:
+    """One split's class folders, sorted (in ``train/``: class index = position)."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+
+
 def _split(root: Path, split: str, problems: list[str]) -> dict[str, list[str]]:
     """Class name -> image paths of one split; problems are appended, not raised."""
     folder = root / split
     if not folder.is_dir():
         problems.append(f"{folder}: missing: the layout is {LAYOUT}")
         return {}
-    classes = {p.name: _images(p) for p in sorted(folder.iterdir()) if p.is_dir()}
+    classes = {name: _images(folder / name) for name in class_names(folder)}
     if not classes:
         problems.append(f"{folder}: no class folders: put each class's images in "
                         f"{folder}/<class>/")

@@ -28,6 +28,28 @@ def test_encode_and_parse_round_trip_with_gloo_and_mpi_prefixes() -> None:
     assert (mpi.rank, mpi.event["event"]) == (3, "step")
 
 
+def test_fast_step_events_share_writes_and_none_is_lost(monkeypatch) -> None:
+    from hvdtrain import events
+
+    writes: list[str] = []
+    monkeypatch.setattr(events.sys, "stdout", type("Out", (), {
+        "write": lambda self, text: writes.append(text), "flush": lambda self: None})())
+    monkeypatch.setattr(events, "_stream", events._Stream())
+    events.emit("step", step=1)  # the first write of the process goes out at once
+    events.emit("step", step=2)  # within STEP_HOLD of it: held
+    events.emit("step", step=3)
+    assert len(writes) == 1
+    events.emit("beat", rank=0)  # any other kind writes at once, after the held lines
+    assert len(writes) == 2
+    assert [parse_line(x).event.get("step") for x in writes[1].splitlines()] == [2, 3, None]
+    events.emit("step", step=4)
+    events.flush()  # the worker's last word before it exits
+    monkeypatch.setattr(events.time, "monotonic", lambda: 1e12)  # long after the last write
+    events.emit("step", step=5)
+    lines = [parse_line(x).event for w in writes for x in w.splitlines()]
+    assert [e.get("step") for e in lines] == [1, 2, 3, None, 4, 5] and len(writes) == 4
+
+
 def test_non_events_pass_through_untouched() -> None:
     assert parse_line("[1]<stderr>:Traceback (most recent call last):\n").event is None
     assert parse_line(f"[1]<stderr>:{encode('done')}").event is None  # events only on stdout

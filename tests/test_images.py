@@ -34,6 +34,21 @@ def test_scan_reads_the_layout_with_sorted_classes(folder: Path) -> None:
     assert all(Path(p).parent.name == found.classes[label] for p, label in found.train)
 
 
+def test_bench_counts_the_classes_scan_would_use(folder: Path, tmp_path: Path) -> None:
+    from hvdtrain.launcher.bench import image_classes
+    from hvdtrain.recipe import load_recipe
+
+    def classes(data_dir: Path) -> int | None:
+        return image_classes(load_recipe("imagefolder-resnet", [f"data.data_dir={data_dir}"]).recipe)
+
+    assert classes(folder) == len(scan(folder).classes) == 4
+    for name in ("b", "a", "c"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+    (tmp_path / "train" / "notes.txt").write_text("a file, not a class")
+    assert classes(tmp_path) == 3
+    assert classes(tmp_path / "elsewhere") is None  # not here: the bench assumes 10
+
+
 def test_scan_reports_every_layout_problem(tmp_path: Path) -> None:
     (tmp_path / "train" / "cat").mkdir(parents=True)
     (tmp_path / "train" / "dog").mkdir()

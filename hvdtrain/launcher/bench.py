@@ -26,6 +26,7 @@ from pathlib import Path
 
 from hvdtrain.errors import UserError
 from hvdtrain.events import parse_line
+from hvdtrain.imagefolder import class_names
 from hvdtrain.launcher.hosts import Host, HostList, assign
 from hvdtrain.recipe import Recipe
 from hvdtrain.rundir import RunDir, write_json_atomic
@@ -85,7 +86,7 @@ def image_classes(recipe: Recipe) -> int | None:
     if recipe.data.dataset != "imagefolder" or not recipe.data.data_dir:
         return None
     train = Path(recipe.data.data_dir) / "train"
-    return len([d for d in train.iterdir() if d.is_dir()]) if train.is_dir() else None
+    return len(class_names(train)) if train.is_dir() else None
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from hvdtrain import events
 from hvdtrain.events import WorkerExit
 
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:  # noqa: BLE001 - any crash: report it, then leave at once
         traceback.print_exc()
         code = WorkerExit.CRASHED
+    finally:
+        events.flush()  # a held step event (events._Stream) goes out before the process ends
     # Exit without Horovod's atexit shutdown: otherwise a peer may die of "Horovod has been shut
     # down" first and horovodrun reports it (and drops this rank's traceback) instead of this rank.
     sys.stdout.flush()
