@@ -50,6 +50,24 @@ def test_fast_step_events_share_writes_and_none_is_lost(monkeypatch) -> None:
     assert [e.get("step") for e in lines] == [1, 2, 3, None, 4, 5] and len(writes) == 4
 
 
+def test_tensorboard_summaries_are_held_and_forced_out_at_the_end() -> None:
+    from hvdtrain.worker.board import Board
+
+    calls: list = []
+    writer = type("W", (), {"flush": lambda self: calls.append("flush")})()
+    writer.file_writer = type("F", (), {"add_summary": lambda self, s, step: calls.append(step)})()
+    board = Board(writer)
+    board.scalars(1, train__loss=0.5)  # the first goes to the writer at once
+    board.scalars(2, train__loss=0.4, eval__loss=None)  # within HOLD of it: held
+    assert calls == [1]
+    board.flush()  # the first epoch end flushes
+    board.scalars(3, train__loss=0.3)
+    board.flush()  # the next, within HOLD: later
+    assert calls == [1, 2, "flush"]
+    board.flush(force=True)  # the last epoch, a stop, a divergence
+    assert calls == [1, 2, "flush", 3, "flush"]
+
+
 def test_non_events_pass_through_untouched() -> None:
     assert parse_line("[1]<stderr>:Traceback (most recent call last):\n").event is None
     assert parse_line(f"[1]<stderr>:{encode('done')}").event is None  # events only on stdout

@@ -1,33 +1,59 @@
 """TensorBoard curves from rank 0, in ``RUN_DIR/tensorboard/`` (as Horovod's PyTorch example and
 Lightning do): loss, accuracy and the LR per log window (every step cost ~70 us a scalar, 2 % of a
 digits step; the warmup still shows), eval loss and accuracy, images/s, epoch time and the share of
-it spent waiting for data.
+it spent waiting for data. Held and flushed every ``HOLD`` seconds at most (see there).
 ``train.tensorboard: false``, another rank, or no tensorboard package: every call does nothing."""
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 from typing import Any
+
+# Seconds summaries are held before they go to the writer, and between two flushes to disk.
+# SummaryWriter's writer thread wakes (and takes the GIL from the training thread) ~3 times per
+# summary: digits at np=1 logs ~60 windows a second, and with every one handed over at once its
+# main thread lost the GIL ~170 times a second (with TensorBoard off: ~30); the end-of-epoch flush
+# waited for that thread 5 times a second.
+HOLD = 2.0
 
 
 class Board:
     def __init__(self, writer: Any = None) -> None:
         self.writer = writer
+        self.held: list[tuple[Any, int]] = []  # (summary, step) not yet handed to the writer
+        self.handed = self.flushed = -math.inf  # when they last were, and last flushed to disk
 
     def scalars(self, step: int, **values: float | None) -> None:
         """One event holding every value (``a__b`` is tag ``a/b``; None is left out): four
-        ``add_scalar`` calls took ~240 us, one summary of four values ~55 us."""
+        ``add_scalar`` calls took ~240 us, one summary of four values ~55 us. Handed to the writer
+        at most every ``HOLD`` seconds."""
         if self.writer is None:
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        summary = Summary(value=[Summary.Value(tag=tag.replace("__", "/"), simple_value=value)
-                                 for tag, value in values.items() if value is not None])
-        self.writer.file_writer.add_summary(summary, step)
+        self.held.append((Summary(value=[Summary.Value(tag=tag.replace("__", "/"),
+                                                       simple_value=value)
+                                         for tag, value in values.items() if value is not None]),
+                          step))
+        if time.monotonic() - self.handed >= HOLD:
+            self._hand_over()
 
-    def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
+    def _hand_over(self) -> None:
+        for summary, step in self.held:
+            self.writer.file_writer.add_summary(summary, step)
+        self.held.clear()
+        self.handed = time.monotonic()
+
+    def flush(self, force: bool = False) -> None:
+        """Everything to disk (end of an epoch): at most every ``HOLD`` seconds unless ``force``
+        (the last epoch, a stop), so a run killed mid-way loses at most that much of its curves."""
+        if self.writer is None or not (force or time.monotonic() - self.flushed >= HOLD):
+            return
+        self._hand_over()
+        self.writer.flush()
+        self.flushed = time.monotonic()
 
 
 def open_board(folder: Path, enabled: bool, rank: int, first_step: int) -> Board:

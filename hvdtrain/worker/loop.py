@@ -492,7 +492,7 @@ def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
                       eval__accuracy=counters.eval_acc if evaluated else None,
                       epoch__seconds=seconds, epoch__images_per_s=rate,
                       epoch__data_wait_share=waiting)
-    job.board.flush()
+    job.board.flush(force=last or meter.stop)
     events.emit("epoch", epoch=epoch, epochs=train.epochs,
                 train_loss=ratio(sums[0], sums[2]), train_acc=ratio(sums[1], sums[2]),
                 eval_loss=counters.eval_loss if evaluated else None,
@@ -519,6 +519,7 @@ def train_epochs(job: Job, counters: Counters, after_step: Callable[[int], None]
         try:
             lr = run_steps(job, counters, spe, meter, after_step)
         except NonFinite:
+            job.board.flush(force=True)  # the curves up to the divergence
             return WorkerExit.NONFINITE
         if meter.stop and counters.batch < spe:
             return stop(job, counters)
@@ -547,6 +548,7 @@ def stop(job: Job, counters: Counters) -> int:
                 str(checkpoint_path(job.run_dir.checkpoints, counters.epoch)))
         events.emit("stopped", epoch=counters.epoch, step=counters.batch,
                     global_step=counters.global_step, path=path)
+        job.board.flush(force=True)
     # Horovod: no rank exits before rank 0's checkpoint is on disk (horovodrun stops the others
     # as soon as one rank ends).
     hvd.barrier()
