@@ -261,7 +261,8 @@ def bench(
     """
     raise typer.Exit(_commands().bench(recipe, overrides or [], np=np, compression=compression,
                                        hosts=hosts, hostfile=hostfile, warmup=warmup, steps=steps,
-                                       rounds=rounds, reference=reference, run_dir=run_dir, as_json=as_json))
+                                       rounds=rounds, reference=reference, run_dir=run_dir,
+                                       as_json=as_json))
 
 
 def report_error(exc: UserError, as_json: bool) -> int:

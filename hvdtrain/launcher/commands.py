@@ -361,8 +361,8 @@ def bench(recipe: str, overrides: list[str], *, np: str, compression: str, hosts
     else:
         from hvdtrain.launcher.display import print_bench
 
+        title = (f"{loaded.name}: {steps} steps of batch {loaded.recipe.data.batch_size}/rank on "
+                 f"{host_list.source}")
         rnds = f", median of {rounds} interleaved rounds" if rounds > 1 else ""
-        print_bench(_out(), rows, f"{loaded.name}: {steps} steps of batch "
-                                  f"{loaded.recipe.data.batch_size}/rank on {host_list.source}{rnds}",
-                    path)
+        print_bench(_out(), rows, title + rnds, path)
     return 0 if all("error" not in r for r in rows) else 1
