@@ -146,6 +146,10 @@ class OptimizerConfig(_Section):
     decay: Literal["none", "cosine", "step"] = "cosine"
     decay_epochs: list[PosInt] = []
     decay_factor: Annotated[float, NotBool, Field(gt=0, le=1)] = 0.1
+    # PyTorch's fused kernel updates every parameter in one call where the model allows it (dense
+    # floating-point parameters on CPU or CUDA): digits' SGD step took 65 us instead of 182 us
+    # (the per-parameter loop), ~3 % of its step. false: PyTorch's default per-parameter loop.
+    fused: bool = True
 
     @model_validator(mode="after")
     def _milestones(self) -> OptimizerConfig:

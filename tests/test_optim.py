@@ -10,7 +10,7 @@ import torch
 
 from hvdtrain.recipe import load_recipe
 from hvdtrain.worker.models import build_model
-from hvdtrain.worker.optim import FiniteCheck, gradient_groups
+from hvdtrain.worker.optim import FiniteCheck, can_fuse, gradient_groups, is_fused, make_optimizer
 
 
 def model_with_grads(*values: float) -> torch.nn.Module:
@@ -56,3 +56,41 @@ def test_gradient_groups_fill_about_group_mb_last_layer_first_and_cover_every_pa
     assert len(groups) == 4  # 2.4, 1.2, 1.1 and 0.15 MB
     assert gradient_groups(model, 0) is None  # 0: Horovod's one allreduce per tensor
     assert len(gradient_groups(model, 1000)) == 1
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_fused_optimizer_makes_the_same_updates_as_the_per_parameter_loop(name):
+    recipe = load_recipe("digits-cnn", [f"optimizer.name={name}"]).recipe
+    torch.manual_seed(0)
+    models = [build_model(recipe.model, (1, 8, 8), 10) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    start = [p.detach().clone() for p in models[0].parameters()]
+    for model in models:
+        model.eval()  # no dropout: both see the same function
+    loop = load_recipe("digits-cnn", [f"optimizer.name={name}", "optimizer.fused=false"]).recipe
+    optimizers = [make_optimizer(models[0], recipe), make_optimizer(models[1], loop)]
+    assert [is_fused(o) for o in optimizers] == [True, False]
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    for _ in range(3):
+        for model, opt in zip(models, optimizers, strict=True):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for a, b, before in zip(models[0].parameters(), models[1].parameters(), start, strict=True):
+        assert not torch.equal(a, before)  # trained
+        # rounding apart (Adam divides by sqrt(v) + eps: an element whose gradient is ~0 may move
+        # by up to ~1e-3 of the LR differently)
+        atol = 1e-6 if name == "sgd" else 1e-3 * recipe.optimizer.base_lr
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=atol)
+
+
+def test_models_the_fused_kernel_cannot_take_get_the_per_parameter_loop():
+    recipe = load_recipe("digits-cnn").recipe
+    assert can_fuse(build_model(recipe.model, (1, 8, 8), 10))
+    sparse = torch.nn.Sequential(torch.nn.Embedding(10, 4, sparse=True), torch.nn.Linear(4, 2))
+    assert not can_fuse(sparse) and not is_fused(make_optimizer(sparse, recipe))
+    integer = torch.nn.Linear(2, 2)
+    integer.register_parameter("count", torch.nn.Parameter(torch.zeros(1, dtype=torch.int64),
+                                                           requires_grad=False))
+    assert can_fuse(integer)  # parameters that are not trained do not count
+    assert not can_fuse(torch.nn.ReLU())  # nothing to train

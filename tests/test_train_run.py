@@ -45,6 +45,9 @@ def test_fp16_compression_is_really_used(digits_run) -> None:
     c = json.loads((run_dir / "manifest.json").read_text())["compression"]
     assert c["name"] == "fp16" and c["wire_dtype"] == "float16"
     assert c["wire_bytes"] * 2 == c["grad_bytes"]
+    # and the optimizer steps with PyTorch's fused kernel (optimizer.fused, on by default)
+    assert json.loads((run_dir / "manifest.json").read_text())["optimizer"] == {"name": "sgd",
+                                                                              "fused": True}
 
 
 def test_run_directory_contents(digits_run) -> None:
@@ -120,11 +123,13 @@ def test_non_tty_output_has_no_escape_codes(digits_run) -> None:
 
 def test_compression_none_runs(tmp_path: Path, run_cli) -> None:
     run_dir = tmp_path / "run"
-    proc = run_cli("run", "digits-cnn", "horovod.compression=none", "train.epochs=1", "--run-dir",
-                   str(run_dir), timeout=300)
+    proc = run_cli("run", "digits-cnn", "horovod.compression=none", "optimizer.fused=false",
+                   "train.epochs=1", "--run-dir", str(run_dir), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    c = json.loads((run_dir / "manifest.json").read_text())["compression"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    c = manifest["compression"]
     assert (c["name"], c["wire_dtype"], c["wire_bytes"]) == ("none", "float32", c["grad_bytes"])
+    assert manifest["optimizer"] == {"name": "sgd", "fused": False}
 
 
 def test_resume_continues_at_the_next_epoch_with_restored_optimizer_state(tmp_path: Path,

@@ -305,6 +305,7 @@ def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
         info.setdefault("resets", []).append(ev)
     elif kind == "start":
         info["compression"] = ev.get("compression")
+        info["optimizer"] = ev.get("optimizer")
         info["worker_hosts"] = ev.get("hosts")
         info["devices"] = ev.get("devices")
         info["classes"] = ev.get("classes")  # image folders: what the checkpoints' indices mean

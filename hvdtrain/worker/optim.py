@@ -13,12 +13,27 @@ from hvdtrain.recipe import Recipe
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     o = recipe.optimizer
+    fused = o.fused and can_fuse(model)
     if o.name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=o.base_lr, momentum=o.momentum,
-                               weight_decay=o.weight_decay)
+                               weight_decay=o.weight_decay, fused=fused)
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
     return cls(model.parameters(), lr=o.base_lr, betas=(o.momentum, 0.999),
-               weight_decay=o.weight_decay)
+               weight_decay=o.weight_decay, fused=fused)
+
+
+def can_fuse(model: torch.nn.Module) -> bool:
+    """Whether PyTorch's fused optimizer kernels take this model: dense floating-point parameters
+    on CPU or CUDA (no sparse embeddings: their gradients are sparse)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    sparse = any(getattr(m, "sparse", False) is True for m in model.modules())
+    return bool(params) and not sparse and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
+def is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` steps with PyTorch's fused kernel (for the start event)."""
+    return all(bool(g.get("fused")) for g in optimizer.param_groups)
 
 
 def distributed_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
