@@ -68,6 +68,44 @@ def test_tensorboard_summaries_are_held_and_forced_out_at_the_end() -> None:
     assert calls == [1, 2, "flush", 3, "flush"]
 
 
+def test_handing_summaries_to_tensorboard_never_waits_for_its_writer_thread(tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    """SummaryWriter's queue held 10 records by default: handing over a held batch then waited for
+    the writer thread record by record, and the two threads passed the GIL back and forth (~90
+    switches a second of the writer thread on digits at np=1). Here the writer thread is stuck
+    until the hand-over returns."""
+    import threading
+
+    from tensorboard.summary.writer import record_writer
+
+    from hvdtrain.worker import board as board_module
+
+    release, written = threading.Event(), []
+    real_write = record_writer.RecordWriter.write
+
+    def stuck_write(self, data):
+        release.wait(30)
+        written.append(len(data))
+        real_write(self, data)
+
+    board = board_module.open_board(tmp_path / "tb", True, 0, 0)
+    monkeypatch.setattr(record_writer.RecordWriter, "write", stuck_write)
+    for step in range(1, 501):  # ~8 s of digits' log windows, all held
+        board.held.append((_loss_summary(step), step))
+    done = threading.Event()
+    threading.Thread(target=lambda: (board._hand_over(), done.set()), daemon=True).start()
+    assert done.wait(10), "the hand-over waited for TensorBoard's writer thread"
+    release.set()
+    board.flush(force=True)
+    assert len(written) == 500  # every summary reached the file
+
+
+def _loss_summary(step: int):
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    return Summary(value=[Summary.Value(tag="train/loss", simple_value=1.0 / step)])
+
+
 def test_non_events_pass_through_untouched() -> None:
     assert parse_line("[1]<stderr>:Traceback (most recent call last):\n").event is None
     assert parse_line(f"[1]<stderr>:{encode('done')}").event is None  # events only on stdout

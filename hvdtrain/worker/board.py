@@ -17,6 +17,11 @@ from typing import Any
 # main thread lost the GIL ~170 times a second (with TensorBoard off: ~30); the end-of-epoch flush
 # waited for that thread 5 times a second.
 HOLD = 2.0
+# Records SummaryWriter's queue takes before a hand-over has to wait for its writer thread. Its
+# default, 10, made every hand-over of a held batch wait record by record, the two threads passing
+# the GIL back and forth (writer thread ~90 involuntary switches a second on digits at np=1, the
+# training thread blocked ~100 more times a second than with TensorBoard off); a few KB a record.
+QUEUE = 100_000
 
 
 class Board:
@@ -66,4 +71,5 @@ def open_board(folder: Path, enabled: bool, rank: int, first_step: int) -> Board
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is an optional extra (make install installs it)
         return Board()
-    return Board(SummaryWriter(str(folder), purge_step=first_step + 1 if first_step else None))
+    return Board(SummaryWriter(str(folder), max_queue=QUEUE,
+                               purge_step=first_step + 1 if first_step else None))

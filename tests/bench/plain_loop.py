@@ -1,9 +1,13 @@
 """Baseline for `make bench`: a plain single-process PyTorch loop with the same model, data,
-batch size, batch order and thread count as hvdtrain's loop at np=1. Prints images/s per epoch."""
+batch size, batch order and thread count as hvdtrain's loop at np=1. Prints images/s per epoch.
+
+With HVDTRAIN_BENCH_GATE set it waits for its turn before each epoch's timer starts, as the
+worker does with tests/bench/gate (see tests/bench/turns.py)."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -28,7 +32,10 @@ def main(recipe_name: str, threads: int, *overrides: str) -> None:
                           momentum=recipe.optimizer.momentum,
                           weight_decay=recipe.optimizer.weight_decay)
     batch = recipe.data.batch_size
+    gate = os.environ.get("HVDTRAIN_BENCH_GATE")
     for epoch in range(recipe.train.epochs):
+        if gate:
+            wait_for_turn(gate)
         model.train()
         t0 = time.perf_counter()
         order = list(range(len(data.train_y)))  # Horovod's ElasticSampler order at np=1
@@ -42,6 +49,13 @@ def main(recipe_name: str, threads: int, *overrides: str) -> None:
             loss.item()
         seconds = time.perf_counter() - t0
         print(json.dumps({"epoch": epoch + 1, "images_per_s": spe * batch / seconds}), flush=True)
+
+
+def wait_for_turn(gate: str) -> None:
+    with open(gate + ".ready", "wb", buffering=0) as f:
+        f.write(b"r")
+    with open(gate + ".go", "rb", buffering=0) as f:
+        f.read(1)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@
 
 This project's VMs have slow spells: a plain loop runs at ~9,400 images/s on digits for tens of
 seconds, then at ~6,500 for 2-20 s, with no steal time showing (150 epochs of plain_loop.py,
-session 5). One run of each side, even the medians of a few, then mostly measures which side met a
-spell. So each ratio is the median of *paired* ratios: both sides measured back to back in the
-same round (np=1: the plain loop then `hvdtrain run`, 2 x REPS + 1 rounds; np=2: one
-`hvdtrain bench --rounds REPS`, whose configurations alternate), one ratio per round. Prints a
-table of goals and writes JSON to bench-results.json (or $BENCH_OUT). Exit 1 when a goal is missed.
+session 5), and even back-to-back 0.2 s epochs of one process range from ~5,000 to ~9,000 (session
+6). One run of each side, even the medians of a few, then mostly measures which side met a spell.
+So each ratio is the median of *paired* ratios. np=1: the plain loop and `hvdtrain run` run at once
+and take turns epoch by epoch, the idle side stopped (tests/bench/turns.py); each epoch is paired
+with the other side's next one; 2 x REPS + 1 such runs, all pairs pooled. np=2: one
+`hvdtrain bench --rounds REPS`, whose configurations alternate, one ratio per round. Prints a table
+of goals and writes JSON to bench-results.json (or $BENCH_OUT). Exit 1 when a goal is missed.
 """
 
 from __future__ import annotations
@@ -70,11 +72,29 @@ def image_folder(reps: int) -> dict:
     return out
 
 
-def plain_epochs(recipe: str, threads: int, overrides: list[str]) -> list[float]:
-    out = subprocess.run([sys.executable, str(ROOT / "tests/bench/plain_loop.py"), recipe,
-                          str(threads), *overrides], capture_output=True, text=True, check=True,
-                         cwd=ROOT)
-    return [json.loads(x)["images_per_s"] for x in out.stdout.splitlines()][1:]
+def np1_in_turns(recipe: str, overrides: list[str]) -> tuple[list[float], list[float]]:
+    """Images/s of each epoch after the first: (plain loop, `hvdtrain run --np 1`), the two
+    taking turns epoch by epoch (tests/bench/turns.py)."""
+    from turns import GATE_SITE, Side, take_turns
+
+    threads = os.cpu_count() or 1  # what the worker picks at np=1 on this host
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = {"plain": Path(tmp) / "plain", "ours": Path(tmp) / "ours"}
+        env = json.dumps({"PYTHONPATH": str(GATE_SITE), "HVDTRAIN_BENCH_GATE": str(gate["ours"])})
+        plain = Side([sys.executable, str(ROOT / "tests/bench/plain_loop.py"), recipe,
+                      str(threads), *overrides], gate["plain"], Path(tmp) / "plain.out",
+                     {**os.environ, "HVDTRAIN_BENCH_GATE": str(gate["plain"])}, ROOT)
+        ours = Side([str(BIN / "hvdtrain"), "run", recipe, "--np", "1", *overrides,
+                     f"launch.env={env}", "--json", "--run-dir", f"{tmp}/run"],
+                    gate["ours"], Path(tmp) / "ours.out", dict(os.environ), ROOT)
+        take_turns([plain, ours])
+        if plain.proc.returncode or ours.proc.returncode:
+            raise RuntimeError(f"np=1 {recipe}: " + plain.out.read_text()[-2000:]
+                               + ours.out.read_text()[-2000:])
+        rates = ([json.loads(x)["images_per_s"] for x in plain.out.read_text().splitlines()],
+                 [e["images_per_s"] for e in map(json.loads, ours.out.read_text().splitlines())
+                  if e.get("event") == "epoch"])
+    return rates[0][1:], rates[1][1:]
 
 
 def demo_wall() -> float:
@@ -107,7 +127,7 @@ def per_round(rows: list[dict]) -> dict[str, list[float]]:
 
 
 def paired(a: list[float], b: list[float]) -> float:
-    """The median over rounds of a/b, each round's two measured back to back."""
+    """The median over rounds (or epochs) of a/b, each pair measured back to back."""
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
@@ -152,19 +172,20 @@ def main() -> int:
     walls = [demo_wall() for _ in range(REPS)]
     results["demo_wall_s"] = {"runs": walls, "median": statistics.median(walls)}
 
-    threads = os.cpu_count() or 1  # what the worker picks at np=1 on this host
     comparisons = {}
-    for recipe, overrides in (("synthetic-bench", ["train.epochs=5", "train.max_steps_per_epoch=60"]),
-                              ("digits-cnn", ["train.epochs=6"])):
-        plain, ours = [], []
-        for _ in range(2 * REPS + 1):  # back to back, so a slow spell mostly hits both alike
-            plain.append(statistics.median(plain_epochs(recipe, threads, overrides)))
-            ours.append(statistics.median(hvdtrain_epochs([recipe, "--np", "1", *overrides])))
-        comparisons[recipe] = {"plain_rounds": plain, "hvdtrain_rounds": ours,
+    for recipe, overrides in (("synthetic-bench", ["train.epochs=12",
+                                                   "train.max_steps_per_epoch=15"]),
+                              ("digits-cnn", ["train.epochs=40"])):
+        plain, ours, per_run = [], [], []
+        for _ in range(2 * REPS + 1):
+            p, o = np1_in_turns(recipe, overrides)
+            plain += p
+            ours += o
+            per_run.append(paired(o, p))
+        comparisons[recipe] = {"plain_epochs": plain, "hvdtrain_epochs": ours,
                                "plain_median": statistics.median(plain),
                                "hvdtrain_median": statistics.median(ours),
-                               "ratio": paired(ours, plain),
-                               "best_ratio": max(ours) / max(plain)}
+                               "ratio": paired(ours, plain), "run_ratios": per_run}
     results["np1_vs_plain"] = comparisons
     results["allreduce_ms"] = ar = allreduce_times()
     results["loopback_np2"] = loop = per_round(
@@ -197,7 +218,8 @@ def main() -> int:
     print(f"demo wall (median of {REPS}): {results['demo_wall_s']['median']:.2f} s")
     for recipe, c in comparisons.items():
         print(f"np=1 {recipe:16s} medians: plain {c['plain_median']:6.0f} img/s, hvdtrain "
-              f"{c['hvdtrain_median']:6.0f} img/s")
+              f"{c['hvdtrain_median']:6.0f} img/s; per run: "
+              + " ".join(f"{r:.3f}" for r in c["run_ratios"]))
     print("allreduce ms (np=2 loopback): " + ", ".join(f"{k} {v:.1f}" for k, v in ar.items()))
     print("np=2 loopback images/s (median): " + ", ".join(
         f"{k} {statistics.median(v):.1f}" for k, v in loop.items()))
