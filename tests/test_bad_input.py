@@ -110,6 +110,9 @@ CASES = [
     ("bool-as-port", ["digits-cnn", "launch.ssh_port=true"], {},
      RECIPE + "override 'launch.ssh_port=true': launch.ssh_port: Input should be a number, not a "
      "boolean, got True\n"),
+    ("fused-not-a-bool", ["digits-cnn", "optimizer.fused=maybe"], {},
+     RECIPE + "override 'optimizer.fused=maybe': optimizer.fused: Input should be a valid "
+     "boolean, unable to interpret input, got 'maybe'\n"),
     ("step-decay-without-milestones", ["digits-cnn", "optimizer.decay=step"], {},
      RECIPE + "override 'optimizer.decay=step': optimizer: decay: step needs decay_epochs (the "
      "epochs at which the LR is multiplied by decay_factor), e.g. decay_epochs: [30, 60]\n"),
