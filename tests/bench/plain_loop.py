@@ -19,6 +19,7 @@ from hvdtrain.recipe import load_recipe
 from hvdtrain.schedule import steps_per_epoch
 from hvdtrain.worker.data import load_dataset
 from hvdtrain.worker.models import build_model
+from turns import wait_for_turn  # (this script's folder is on sys.path)
 
 
 def main(recipe_name: str, threads: int, *overrides: str) -> None:
@@ -49,13 +50,6 @@ def main(recipe_name: str, threads: int, *overrides: str) -> None:
             loss.item()
         seconds = time.perf_counter() - t0
         print(json.dumps({"epoch": epoch + 1, "images_per_s": spe * batch / seconds}), flush=True)
-
-
-def wait_for_turn(gate: str) -> None:
-    with open(gate + ".ready", "wb", buffering=0) as f:
-        f.write(b"r")
-    with open(gate + ".go", "rb", buffering=0) as f:
-        f.read(1)
 
 
 if __name__ == "__main__":

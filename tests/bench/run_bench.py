@@ -75,12 +75,13 @@ def image_folder(reps: int) -> dict:
 def np1_in_turns(recipe: str, overrides: list[str]) -> tuple[list[float], list[float]]:
     """Images/s of each epoch after the first: (plain loop, `hvdtrain run --np 1`), the two
     taking turns epoch by epoch (tests/bench/turns.py)."""
-    from turns import GATE_SITE, Side, take_turns
+    from turns import BENCH, GATE_SITE, Side, take_turns
 
     threads = os.cpu_count() or 1  # what the worker picks at np=1 on this host
     with tempfile.TemporaryDirectory() as tmp:
         gate = {"plain": Path(tmp) / "plain", "ours": Path(tmp) / "ours"}
-        env = json.dumps({"PYTHONPATH": str(GATE_SITE), "HVDTRAIN_BENCH_GATE": str(gate["ours"])})
+        env = json.dumps({"PYTHONPATH": os.pathsep.join([str(GATE_SITE), str(BENCH)]),
+                          "HVDTRAIN_BENCH_GATE": str(gate["ours"])})
         plain = Side([sys.executable, str(ROOT / "tests/bench/plain_loop.py"), recipe,
                       str(threads), *overrides], gate["plain"], Path(tmp) / "plain.out",
                      {**os.environ, "HVDTRAIN_BENCH_GATE": str(gate["plain"])}, ROOT)

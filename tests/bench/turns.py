@@ -19,7 +19,16 @@ from pathlib import Path
 
 import psutil
 
-GATE_SITE = Path(__file__).resolve().parent / "gate"
+BENCH = Path(__file__).resolve().parent
+GATE_SITE = BENCH / "gate"
+
+
+def wait_for_turn(gate: str) -> None:
+    """In a side: say it is waiting (GATE.ready), then block until given the turn (GATE.go)."""
+    with open(gate + ".ready", "wb", buffering=0) as f:
+        f.write(b"r")
+    with open(gate + ".go", "rb", buffering=0) as f:
+        f.read(1)
 
 
 class Side:
