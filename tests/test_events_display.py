@@ -43,11 +43,16 @@ def test_fast_step_events_share_writes_and_none_is_lost(monkeypatch) -> None:
     assert len(writes) == 2
     assert [parse_line(x).event.get("step") for x in writes[1].splitlines()] == [2, 3, None]
     events.emit("step", step=4)
+    events.emit("epoch", epoch=1)  # progress too: held (digits' epochs are ~0.2 s)
+    events.emit("checkpoint", epoch=1)
+    assert len(writes) == 2
     events.flush()  # the worker's last word before it exits
     monkeypatch.setattr(events.time, "monotonic", lambda: 1e12)  # long after the last write
     events.emit("step", step=5)
     lines = [parse_line(x).event for w in writes for x in w.splitlines()]
-    assert [e.get("step") for e in lines] == [1, 2, 3, None, 4, 5] and len(writes) == 4
+    assert [(e["event"], e.get("step")) for e in lines] == [
+        ("step", 1), ("step", 2), ("step", 3), ("beat", None), ("step", 4), ("epoch", None),
+        ("checkpoint", None), ("step", 5)] and len(writes) == 4
 
 
 def test_tensorboard_summaries_are_held_and_forced_out_at_the_end() -> None:

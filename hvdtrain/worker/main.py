@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         code = WorkerExit.CRASHED
     finally:
-        events.flush()  # a held step event (events._Stream) goes out before the process ends
+        events.flush()  # held progress events (events._Stream) go out before the process ends
     # Exit without Horovod's atexit shutdown: otherwise a peer may die of "Horovod has been shut
     # down" first and horovodrun reports it (and drops this rank's traceback) instead of this rank.
     sys.stdout.flush()
