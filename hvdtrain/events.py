@@ -34,7 +34,7 @@ STOPPED_EXIT = 128 + int(signal.SIGUSR1)
 BEAT_INTERVAL = 2.0  # seconds between a rank's heartbeats; the launcher's stall report reads it
 # A progress event (``HELD``) written this soon after the previous write waits to share the next
 # write (see ``_Stream``); the next heartbeat ends the wait at the latest.
-STEP_HOLD = 0.25
+HOLD = 0.25
 HELD = ("step", "epoch", "checkpoint")
 
 
@@ -72,7 +72,7 @@ class _Stream:
     write wakes horovodrun's relay and the hvdtrain process, whose CPU a 2-core machine takes from
     the compute threads: 3-6 % of a digits epoch at np=1 (epochs with and without step events,
     interleaved in one run). So a progress event (step, epoch, checkpoint) that comes within
-    ``STEP_HOLD`` of the previous write is held and goes out with the next write; every other kind
+    ``HOLD`` of the previous write is held and goes out with the next write; every other kind
     (beats, warnings, errors, start, done) is written at once, with the held lines before it.
     Epochs of ~0.2 s (digits) made four writes each (a mid-epoch step, the last step, the epoch,
     its checkpoint), now about one: hvdtrain at np=1 vs a plain loop 0.963 -> 0.972 (5 runs of
@@ -89,7 +89,7 @@ class _Stream:
         with self.lock:
             self.held.append(line)
             now = time.monotonic()
-            if not (hold and now - self.last < STEP_HOLD):
+            if not (hold and now - self.last < HOLD):
                 self._write(now)
 
     def flush(self) -> None:

@@ -28,7 +28,7 @@ def test_encode_and_parse_round_trip_with_gloo_and_mpi_prefixes() -> None:
     assert (mpi.rank, mpi.event["event"]) == (3, "step")
 
 
-def test_fast_step_events_share_writes_and_none_is_lost(monkeypatch) -> None:
+def test_fast_progress_events_share_writes_and_none_is_lost(monkeypatch) -> None:
     from hvdtrain import events
 
     writes: list[str] = []
@@ -36,7 +36,7 @@ def test_fast_step_events_share_writes_and_none_is_lost(monkeypatch) -> None:
         "write": lambda self, text: writes.append(text), "flush": lambda self: None})())
     monkeypatch.setattr(events, "_stream", events._Stream())
     events.emit("step", step=1)  # the first write of the process goes out at once
-    events.emit("step", step=2)  # within STEP_HOLD of it: held
+    events.emit("step", step=2)  # within HOLD of it: held
     events.emit("step", step=3)
     assert len(writes) == 1
     events.emit("beat", rank=0)  # any other kind writes at once, after the held lines

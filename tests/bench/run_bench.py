@@ -164,13 +164,13 @@ def two_hosts() -> dict:
             ssh = ["launch.ssh_port=2222", f"launch.ssh_identity_file={cluster.key}",
                    "launch.network_interfaces=[hvd0]"]
             a = cluster.hosts[0]
-            hosts = [*ssh, "--hostfile", str(cluster.hostfile()), "--np", "2",
-                     "--compression", "fp16,none"]
+            across = [*ssh, "--hostfile", str(cluster.hostfile()), "--np", "2",
+                      "--compression", "fp16,none"]
             for rate in ("1gbit", "100mbit"):
                 cluster.limit_rate(rate)
-                out[rate] = per_round(bench_rows([*LINK_BOUND, *hosts, "--reference", "ddp"],
+                out[rate] = per_round(bench_rows([*LINK_BOUND, *across, "--reference", "ddp"],
                                                  prefix=a.run()))
-                out[f"{rate} 3x32x32"] = per_round(bench_rows([*WIDE, *hosts], prefix=a.run()))
+                out[f"{rate} 3x32x32"] = per_round(bench_rows([*WIDE, *across], prefix=a.run()))
         finally:
             cluster.close()
     return out
