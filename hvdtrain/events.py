@@ -1,4 +1,5 @@
-"""The worker -> CLI protocol: rank 0 prints one JSON object per line behind a fixed marker.
+"""The worker -> CLI protocol: rank 0 prints JSON events behind a fixed marker, one event per line,
+or a JSON array of the events that shared one write (see ``_Stream``).
 
 Under horovodrun a worker's stdout is a pipe whose lines the launcher prefixes (Gloo:
 ``[rank]<stdout>:``, Open MPI: ``[job,rank]<stdout>:``), so rich cannot draw inside a worker.
@@ -59,10 +60,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def encode(kind: str, **fields: Any) -> str:
+def _body(kind: str, fields: dict[str, Any]) -> str:
+    """One event as JSON (no marker)."""
     if kind not in KINDS:
         raise ValueError(f"unknown event kind {kind!r}")
-    return MARKER + json.dumps(_clean({"event": kind, **fields}), separators=(",", ":"))
+    return json.dumps(_clean({"event": kind, **fields}), separators=(",", ":"))
+
+
+def encode(kind: str, **fields: Any) -> str:
+    """One event as a protocol line (without the newline)."""
+    return MARKER + _body(kind, fields)
 
 
 class _Stream:
@@ -78,6 +85,11 @@ class _Stream:
     its checkpoint), now about one: hvdtrain at np=1 vs a plain loop 0.963 -> 0.972 (5 runs of
     40 epochs in turns, tests/bench/turns.py). Nothing is dropped: metrics.jsonl still gets every
     log window, and a worker's last word (exit or exception) flushes what is held.
+
+    The events of one write go out as one line (a JSON array): horovodrun's relay forwards line by
+    line, each forwarded line woke the hvdtrain process again, and a held write of digits carries
+    ~20 events (np=1, log windows of 5 steps of ~2 ms). hvdtrain at np=1 vs a plain loop, step
+    events written vs not written at all (4 runs of 40 epochs in turns): 0.951 vs 0.967.
     """
 
     def __init__(self) -> None:
@@ -98,7 +110,8 @@ class _Stream:
                 self._write(time.monotonic())
 
     def _write(self, now: float) -> None:
-        sys.stdout.write("".join(self.held))
+        one = self.held[0] if len(self.held) == 1 else "[" + ",".join(self.held) + "]"
+        sys.stdout.write(MARKER + one + "\n")
         sys.stdout.flush()
         self.held.clear()
         self.last = now
@@ -110,7 +123,7 @@ _stream = _Stream()
 def emit(kind: str, **fields: Any) -> None:
     """Write one event line (rank 0 only, by convention of the caller); a progress event may wait
     up to the next write (``_Stream``)."""
-    _stream.emit(encode(kind, **fields) + "\n", hold=kind in HELD)
+    _stream.emit(_body(kind, fields), hold=kind in HELD)
 
 
 def flush() -> None:
@@ -120,12 +133,13 @@ def flush() -> None:
 
 @dataclass(frozen=True)
 class Line:
-    """One line of horovodrun output: who wrote it, and the event in it if it is one."""
+    """One line of horovodrun output: who wrote it, and the events in it (one, several that
+    shared a write, or none: not an event line)."""
 
     rank: int | None  # None: horovodrun itself (not a worker)
     stream: str  # stdout | stderr | launcher
     text: str
-    event: dict[str, Any] | None = None
+    events: tuple[dict[str, Any], ...] = ()
 
 
 def parse_line(raw: str) -> Line:
@@ -134,14 +148,16 @@ def parse_line(raw: str) -> Line:
     if m is None:
         return Line(None, "launcher", raw, _decode(raw))
     rank, stream, text = int(m.group(1)), m.group(2), m.group(3)
-    return Line(rank, stream, text, _decode(text) if stream == "stdout" else None)
+    return Line(rank, stream, text, _decode(text) if stream == "stdout" else ())
 
 
-def _decode(text: str) -> dict[str, Any] | None:
+def _decode(text: str) -> tuple[dict[str, Any], ...]:
+    """The events of a protocol line (an object or an array of them); () for any other text."""
     if not text.startswith(MARKER):
-        return None
+        return ()
     try:
-        event = json.loads(text[len(MARKER):])
+        value = json.loads(text[len(MARKER):])
     except json.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) and event.get("event") in KINDS else None
+        return ()
+    return tuple(e for e in (value if isinstance(value, list) else [value])
+                 if isinstance(e, dict) and e.get("event") in KINDS)

@@ -23,9 +23,9 @@ def test_encode_and_parse_round_trip_with_gloo_and_mpi_prefixes() -> None:
     assert line.startswith(MARKER)
     gloo = parse_line(f"[0]<stdout>:{line}\n")
     assert (gloo.rank, gloo.stream) == (0, "stdout")
-    assert gloo.event == {"event": "step", "epoch": 1, "loss": "nan", "lr": 0.1}
+    assert gloo.events == ({"event": "step", "epoch": 1, "loss": "nan", "lr": 0.1},)
     mpi = parse_line(f"[1,3]<stdout>:{line}")
-    assert (mpi.rank, mpi.event["event"]) == (3, "step")
+    assert (mpi.rank, [e["event"] for e in mpi.events]) == (3, ["step"])
 
 
 def test_fast_progress_events_share_writes_and_none_is_lost(monkeypatch) -> None:
@@ -41,7 +41,9 @@ def test_fast_progress_events_share_writes_and_none_is_lost(monkeypatch) -> None
     assert len(writes) == 1
     events.emit("beat", rank=0)  # any other kind writes at once, after the held lines
     assert len(writes) == 2
-    assert [parse_line(x).event.get("step") for x in writes[1].splitlines()] == [2, 3, None]
+    # one line per write, so horovodrun's relay forwards (and hvdtrain wakes for) one line
+    assert writes[1].endswith("\n") and writes[1].count("\n") == 1
+    assert [e.get("step") for e in parse_line(writes[1]).events] == [2, 3, None]
     events.emit("step", step=4)
     events.emit("epoch", epoch=1)  # progress too: held (digits' epochs are ~0.2 s)
     events.emit("checkpoint", epoch=1)
@@ -49,7 +51,8 @@ def test_fast_progress_events_share_writes_and_none_is_lost(monkeypatch) -> None
     events.flush()  # the worker's last word before it exits
     monkeypatch.setattr(events.time, "monotonic", lambda: 1e12)  # long after the last write
     events.emit("step", step=5)
-    lines = [parse_line(x).event for w in writes for x in w.splitlines()]
+    assert all(w.count("\n") == 1 for w in writes)
+    lines = [e for w in writes for e in parse_line(w).events]
     assert [(e["event"], e.get("step")) for e in lines] == [
         ("step", 1), ("step", 2), ("step", 3), ("beat", None), ("step", 4), ("epoch", None),
         ("checkpoint", None), ("step", 5)] and len(writes) == 4
@@ -112,25 +115,30 @@ def _loss_summary(step: int):
 
 
 def test_non_events_pass_through_untouched() -> None:
-    assert parse_line("[1]<stderr>:Traceback (most recent call last):\n").event is None
-    assert parse_line(f"[1]<stderr>:{encode('done')}").event is None  # events only on stdout
+    assert parse_line("[1]<stderr>:Traceback (most recent call last):\n").events == ()
+    assert parse_line(f"[1]<stderr>:{encode('done')}").events == ()  # events only on stdout
     launcher = parse_line("Process 1 exit with status code 1.")
-    assert (launcher.rank, launcher.stream, launcher.event) == (None, "launcher", None)
-    assert parse_line(f"[0]<stdout>:{MARKER}{{not json").event is None
-    assert parse_line(f'[0]<stdout>:{MARKER}{{"event": "rm -rf"}}').event is None
+    assert (launcher.rank, launcher.stream, launcher.events) == (None, "launcher", ())
+    assert parse_line(f"[0]<stdout>:{MARKER}{{not json").events == ()
+    assert parse_line(f'[0]<stdout>:{MARKER}{{"event": "rm -rf"}}').events == ()
+    # a shared write: an array of events; what is not an event in it is left out
+    mixed = parse_line(f'[0]<stdout>:{MARKER}[{{"event": "step"}}, 3, {{"event": "rm -rf"}}, '
+                       f'{{"event": "epoch"}}]')
+    assert [e["event"] for e in mixed.events] == ["step", "epoch"]
+    assert parse_line(f"[0]<stdout>:{MARKER}[]").events == ()
     with pytest.raises(ValueError):
         encode("bogus")
 
 
 def test_recorded_output_parses_into_the_expected_event_sequence() -> None:
     lines = [parse_line(raw) for raw in RECORDED]
-    kinds = [ln.event["event"] for ln in lines if ln.event]
+    kinds = [e["event"] for ln in lines for e in ln.events]
     assert kinds == ["start", "step", "step", "epoch", "checkpoint", "step", "step", "epoch",
                      "checkpoint", "done"]
-    plain = [ln for ln in lines if not ln.event]
+    plain = [ln for ln in lines if not ln.events]
     assert [(ln.rank, ln.text) for ln in plain] == [(0, "plain worker output from rank startup"),
                                                     (1, "plain worker output from rank startup")]
-    done = lines[-1].event
+    (done,) = lines[-1].events
     assert done["replicas_identical"] is True and len(set(done["param_hashes"])) == 1
 
 
@@ -143,7 +151,10 @@ def replay(view) -> None:
     view.begin()
     for raw in RECORDED:
         line = parse_line(raw)
-        view.event(line.event) if line.event else view.output(line)
+        for event in line.events:
+            view.event(event)
+        if not line.events:
+            view.output(line)
     view.output(parse_line("[1]<stderr>:a warning from rank 1"))
     view.end(0)
 
@@ -190,8 +201,8 @@ def test_run_json_view_is_json_lines(tmp_path: Path) -> None:
         view.begin()
         for raw in RECORDED:
             line = parse_line(raw)
-            if line.event:
-                view.event(line.event)
+            for event in line.events:
+                view.event(event)
         view.end(0)
     records = [json.loads(x) for x in out.getvalue().splitlines()]
     assert records[0]["event"] == "plan" and records[-1] == {"event": "exit", "code": 0,

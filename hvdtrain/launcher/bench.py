@@ -144,8 +144,8 @@ def launch_one(argvs: list[list[str]], timeout: float) -> tuple[dict | None, str
             p.kill()
         return None, f"no result within {timeout:.0f} s"
     text = "".join(texts)
-    found = [line.event for line in map(parse_line, text.splitlines())
-             if line.event and line.event.get("event") == "bench"]
+    found = [e for line in map(parse_line, text.splitlines()) for e in line.events
+             if e["event"] == "bench"]
     bad = [p.returncode for p in procs if p.returncode]
     return (found[0] if found and not bad else None), text
 

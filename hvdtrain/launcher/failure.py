@@ -63,9 +63,8 @@ class Diagnosis:
     reset_limit: int | None = None  # horovodrun stopped an elastic job at elastic.reset_limit
 
     def feed(self, line: Line) -> None:
-        if line.event is not None:
-            if line.event.get("event") == "error":
-                self.errors.append(str(line.event.get("message")))
+        if line.events:
+            self.errors += [str(e.get("message")) for e in line.events if e["event"] == "error"]
             return
         if line.rank is None:
             m = EXIT_LINE.match(line.text)

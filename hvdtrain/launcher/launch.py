@@ -161,20 +161,26 @@ class _Stream:
         line = parse_line(raw)
         self.logs.write(line)
         self.diagnosis.feed(line)
-        if line.event is not None and line.event["event"] == "beat":
-            self.beats[int(line.event["rank"])] = (time.monotonic(), line.event)
-        elif line.event is not None:
-            self.last_progress = time.monotonic()
-            _record(line.event, self.info, self.metrics)
-            try:
-                self.view.event(line.event)
-            except (KeyError, TypeError, ValueError) as exc:  # never die on a bad event
-                self.view.output(Line(None, "launcher", f"unreadable event ({exc!r}): {raw}"))
+        for event in line.events:
+            self._event(event, raw)
+        if line.events:
+            self.metrics.flush()  # once per line: a held write carries many events
         elif line.rank is None and (self.launcher_traceback or _starts_traceback(line.text)):
             self.launcher_traceback = True  # horovodrun's own traceback: kept in the log only
         elif line.rank is None or line.stream != "stderr" or \
                 self.tracebacks.show(line.rank, line.text):
             self.view.output(line)
+
+    def _event(self, event: dict[str, Any], raw: str) -> None:
+        if event["event"] == "beat":
+            self.beats[int(event["rank"])] = (time.monotonic(), event)
+            return
+        self.last_progress = time.monotonic()
+        _record(event, self.info, self.metrics)
+        try:
+            self.view.event(event)
+        except (KeyError, TypeError, ValueError) as exc:  # never die on a bad event
+            self.view.output(Line(None, "launcher", f"unreadable event ({exc!r}): {raw}"))
 
 
 def launch(plan: Plan, as_json: bool = False) -> int:
@@ -300,7 +306,6 @@ def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
     kind = ev["event"]
     if kind in ("step", "epoch", "reset"):
         metrics.write(json.dumps({"time": time.time(), **ev}) + "\n")
-        metrics.flush()
     if kind == "reset":
         info.setdefault("resets", []).append(ev)
     elif kind == "start":
