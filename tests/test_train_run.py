@@ -19,13 +19,19 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+# Log windows of 5 steps (digits-cnn logs once per epoch at np=2), so that the warmup over epoch 1
+# shows in several points of metrics.jsonl and the TensorBoard curves.
+LOG5 = ["train.log_interval=5"]
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory, ) -> tuple[Path, object]:
-    """One full default digits-cnn run, shared by the assertions below."""
+    """One full digits-cnn run (the demo, with LOG5), shared by the assertions below."""
     from conftest import hvdtrain
 
     run_dir = tmp_path_factory.mktemp("digits") / "run"
-    proc = hvdtrain("run", "digits-cnn", "--np", "2", "--run-dir", str(run_dir), timeout=300)
+    proc = hvdtrain("run", "digits-cnn", *LOG5, "--np", "2", "--run-dir", str(run_dir),
+                    timeout=300)
     return run_dir, proc
 
 
@@ -53,7 +59,7 @@ def test_fp16_compression_is_really_used(digits_run) -> None:
 def test_run_directory_contents(digits_run) -> None:
     run_dir, _ = digits_run
     saved = Recipe.model_validate(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
-    assert saved == load_recipe("digits-cnn").recipe
+    assert saved == load_recipe("digits-cnn", LOG5).recipe
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["np"] == 2 and manifest["hosts"] == [{"host": "localhost", "slots": 2}]
     assert manifest["argv"][-4:] == ["-m", "hvdtrain.worker", "--run-dir", str(run_dir)]
@@ -137,12 +143,13 @@ def test_resume_continues_at_the_next_epoch_with_restored_optimizer_state(tmp_pa
     from hvdtrain.worker.optim import tensors_hash
 
     run_dir = tmp_path / "run"
-    first = run_cli("run", "digits-cnn", "train.epochs=1", "--run-dir", str(run_dir), timeout=300)
+    first = run_cli("run", "digits-cnn", "train.epochs=1", *LOG5, "--run-dir", str(run_dir),
+                    timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     saved = torch.load(run_dir / "checkpoints" / "epoch-0001.pt", weights_only=True)
     assert saved["optimizer"]["state"], "SGD momentum buffers are saved"
-    second = run_cli("run", "digits-cnn", "train.epochs=2", "--resume", str(run_dir), "--json",
-                     timeout=300)
+    second = run_cli("run", "digits-cnn", "train.epochs=2", *LOG5, "--resume", str(run_dir),
+                     "--json", timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     events = [json.loads(x) for x in second.stdout.splitlines()]
     resumed = next(e for e in events if e["event"] == "resumed")
