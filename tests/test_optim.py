@@ -4,6 +4,7 @@ are pure functions of the model; tests/test_horovodrun.py runs the grouped allre
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -94,3 +95,35 @@ def test_models_the_fused_kernel_cannot_take_get_the_per_parameter_loop():
                                                            requires_grad=False))
     assert can_fuse(integer)  # parameters that are not trained do not count
     assert not can_fuse(torch.nn.ReLU())  # nothing to train
+
+
+def test_finite_check_after_a_non_finite_step_sees_finite_gradients_again():
+    model = model_with_grads(math.inf, 0.0)
+    check = FiniteCheck(list(model.parameters()))
+    assert check() is False
+    for p in model.parameters():
+        p.grad.zero_()
+    assert check() is True  # the flag the kernel set was cleared after the hit
+
+
+def test_the_loop_skips_synchronize_only_where_horovod_hooked_no_gradient():
+    """np=1 (fixed mode): Horovod hooks no gradient, so there is nothing to wait for; elastic
+    mode hooks them at any size (np=2 runs, where they are hooked too, are tests/test_parity.py)."""
+    import subprocess
+    import sys
+
+    script = ("import os, torch, horovod.torch as hvd\n"
+              "from hvdtrain.worker.optim import reduces_gradients\n"
+              "hvd.init()\n"
+              "def wrapped():\n"
+              "    m = torch.nn.Linear(2, 2)\n"
+              "    return hvd.DistributedOptimizer(torch.optim.SGD(m.parameters(), lr=0.1),\n"
+              "                                    named_parameters=m.named_parameters())\n"
+              "plain = reduces_gradients(wrapped())\n"
+              "os.environ['HOROVOD_ELASTIC'] = '1'\n"
+              "print(hvd.size(), plain, reduces_gradients(wrapped()))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, env={k: v for k, v in os.environ.items()
+                                           if not k.startswith("HOROVOD_")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "False", "True"]

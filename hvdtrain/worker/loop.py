@@ -46,6 +46,7 @@ from hvdtrain.worker.optim import (
     distributed_optimizer,
     is_fused,
     optimizer_hash,
+    reduces_gradients,
     set_lr,
     state_hash,
 )
@@ -93,10 +94,13 @@ class Job:
     cfg: LRConfig = field(init=False)
     grads_finite: FiniteCheck = field(init=False)
     adasum: bool = field(init=False)
+    reduces: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.cfg = lr_config(self.recipe)
         self.grads_finite = FiniteCheck([p for p in self.model.parameters() if p.requires_grad])
+        # Horovod: hooked gradients (allreduces for synchronize() to wait for): not at np=1.
+        self.reduces = reduces_gradients(self.optimizer)
         # Horovod: Adasum (at np > 1; one rank gets the plain optimizer) reduces in step().
         self.adasum = self.recipe.horovod.op == "adasum" and hvd.size() > 1
 
@@ -245,9 +249,9 @@ def announce_start(job: Job, counters: Counters, hosts: list[str], restored_from
 
 # --- the step -----------------------------------------------------------------------------------
 
-# One micro-batch's metrics, kept as tensors until the log window ends: (mean loss, predicted
-# classes, labels). Summing loss and correct answers per step took ~50 us of small tensor ops,
-# over 1 % of a digits step; per window it is one stack and one comparison.
+# One micro-batch's metrics, kept as tensors until the log window ends: (mean loss, logits,
+# labels). Summing loss and correct answers per step took ~50 us of small tensor ops, over 1 % of
+# a digits step; per window it is one stack, one argmax and one comparison.
 Part = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -271,7 +275,7 @@ class Meter:
     @staticmethod
     def part(loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> Part:
         """One micro-batch's metrics, still tensors: no Python round trip (no GPU sync)."""
-        return loss.detach(), out.detach().argmax(1), y
+        return loss.detach(), out.detach(), y
 
     def add(self, parts: list[Part]) -> None:
         """Count one completed step (a skipped step's metrics are left out)."""
@@ -282,11 +286,12 @@ class Meter:
         """This rank's (loss sum, correct, count, stop) of the window, float64 on the CPU."""
         loss_sum = correct = count = 0.0
         if self.parts:  # one transfer (and GPU sync) per window
-            losses, predicted, labels = zip(*self.parts)
+            losses, logits, labels = zip(*self.parts)
             counts = [len(y) for y in labels]
             loss_sum = float(torch.stack(losses).double().cpu()
                              @ torch.tensor(counts, dtype=torch.float64))
-            correct, count = float((torch.cat(predicted) == torch.cat(labels)).sum()), sum(counts)
+            correct = float((torch.cat(logits).argmax(1) == torch.cat(labels)).sum())
+            count = sum(counts)
         stop = self.stop_file is not None and self.stop_file.exists()
         return torch.tensor([loss_sum, correct, count, float(stop)], dtype=torch.float64)
 
@@ -309,11 +314,19 @@ def ratio(total: float, count: float) -> float:
     return total / count if count else math.nan
 
 
-def train_step(job: Job, micro: list[Batch], epoch: int, step: int,
-               lr: float) -> list[Part] | None:
+def train_step(job: Job, micro: list[Batch], epoch: int, step: int, lr: float,
+               rank: int) -> list[Part] | None:
     """One optimizer step on this rank's k micro-batches. Returns their metrics, or None when
-    the gradients were non-finite and the step was skipped; raises ``NonFinite`` to stop."""
-    rank, k, scaler = hvd.rank(), job.recipe.horovod.backward_passes_per_step, job.scaler
+    the gradients were non-finite and the step was skipped; raises ``NonFinite`` to stop.
+
+    Every line here runs once a step, and between big kernels each costs 2-4 times what it does
+    in a micro-benchmark: on digits at np=1 (~2 ms steps) a plain step body calling this instead
+    ran at 0.94-0.96 of the plain body (in turns, tests/bench/turns.py), where the micro-benchmarked
+    extras add up to ~1 %. Hence ``rank`` from the caller (a call into Horovod), no
+    ``synchronize()`` where nothing was hooked, argmax per log window (``Meter``) and the finite
+    check's flag cleared only after a hit: np=1 vs a plain loop 0.962 -> 0.975 (5 runs of 40
+    epochs; two identical sides differ by ~1 % over 5 runs)."""
+    k, scaler = job.recipe.horovod.backward_passes_per_step, job.scaler
     set_lr(job.optimizer, lr)
     job.optimizer.zero_grad()  # Horovod 0.28 takes no set_to_none
     parts = []
@@ -331,7 +344,8 @@ def train_step(job: Job, micro: list[Batch], epoch: int, step: int,
     # Horovod: wait for this step's gradient allreduces, so the check below sees the averaged
     # gradients. Averaging spreads one rank's Inf/NaN to every rank, so all ranks take the same
     # decision at the same step without another collective.
-    job.optimizer.synchronize()
+    if job.reduces:
+        job.optimizer.synchronize()
     if scaler is not None:  # Horovod's AMP pattern: unscale the averaged gradients, then step
         scaler.unscale_(job.optimizer)
     if not job.grads_finite():
@@ -437,13 +451,13 @@ def run_steps(job: Job, counters: Counters, spe: int, meter: Meter,
               after_step: Callable[[int], None] | None) -> float:
     """The steps of the current epoch; emits ``step`` events; returns the last LR."""
     epoch, rank, size = counters.epoch + 1, hvd.rank(), hvd.size()
-    log_interval, lr = job.recipe.train.log_interval, math.nan
+    log_interval, lr, per_step = job.recipe.train.log_interval, math.nan, job.per_step
     for step, micro in epoch_batches(job, counters, spe, meter):
         job.beat.at("compute", epoch, step + 1)
         job.hooks.before_step(rank, epoch, step + 1)
         lr = lr_at(counters.global_step, spe, size, job.cfg)
         try:
-            parts = train_step(job, micro, epoch, step + 1, lr)
+            parts = train_step(job, micro, epoch, step + 1, lr, rank)
         except NonFinite as exc:
             report_nonfinite(job, epoch, step + 1, counters.global_step, exc.loss)
             raise
@@ -451,7 +465,7 @@ def run_steps(job: Job, counters: Counters, spe: int, meter: Meter,
         counters.batch = step + 1
         # Horovod: count the samples this step consumed (a reset or a mid-epoch checkpoint
         # continues after them).
-        job.sampler.record_batch(step, job.per_step)
+        job.sampler.record_batch(step, per_step)
         if parts is not None:
             meter.add(parts)
         if after_step is not None:

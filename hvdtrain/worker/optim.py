@@ -92,6 +92,13 @@ def prime_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad()
 
 
+def reduces_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the wrapped optimizer hooked any gradient for an allreduce. Horovod hooks them
+    only where size() > 1 or the job is elastic (horovod/torch/optimizer.py); without hooks its
+    ``synchronize()`` has nothing to wait for."""
+    return bool(optimizer._requires_update)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -119,9 +126,12 @@ class FiniteCheck:
             return True
         if not self.fused:
             return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-        self.found.zero_()
+        # It only ever sets ``found``: cleared after a hit, not before every check.
         torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found, self.one)
-        return not bool(self.found.item())
+        if not self.found.item():
+            return True
+        self.found.zero_()
+        return False
 
 
 def compression_report(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
