@@ -75,7 +75,7 @@ def encode(kind: str, **fields: Any) -> str:
 class _Stream:
     """This process's event lines on stdout, in order, from the training and heartbeat threads.
 
-    Small models emit up to ~60 step events a second (digits: every 5 steps of ~3.5 ms), and every
+    Small models emit many step events a second (digits logged every 5 steps of ~3.5 ms), and every
     write wakes horovodrun's relay and the hvdtrain process, whose CPU a 2-core machine takes from
     the compute threads: 3-6 % of a digits epoch at np=1 (epochs with and without step events,
     interleaved in one run). So a progress event (step, epoch, checkpoint) that comes within

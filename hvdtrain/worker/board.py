@@ -13,9 +13,9 @@ from typing import Any
 
 # Seconds summaries are held before they go to the writer, and between two flushes to disk.
 # SummaryWriter's writer thread wakes (and takes the GIL from the training thread) ~3 times per
-# summary: digits at np=1 logs ~60 windows a second, and with every one handed over at once its
-# main thread lost the GIL ~170 times a second (with TensorBoard off: ~30); the end-of-epoch flush
-# waited for that thread 5 times a second.
+# summary: digits at np=1 logged ~60 windows a second (log_interval 5), and with every one handed
+# over at once its main thread lost the GIL ~170 times a second (with TensorBoard off: ~30); the
+# end-of-epoch flush waited for that thread 5 times a second.
 HOLD = 2.0
 # Records SummaryWriter's queue takes before a hand-over has to wait for its writer thread. Its
 # default, 10, made every hand-over of a held batch wait record by record, the two threads passing

@@ -94,13 +94,10 @@ class Job:
     cfg: LRConfig = field(init=False)
     grads_finite: FiniteCheck = field(init=False)
     adasum: bool = field(init=False)
-    reduces: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.cfg = lr_config(self.recipe)
         self.grads_finite = FiniteCheck([p for p in self.model.parameters() if p.requires_grad])
-        # Horovod: hooked gradients (allreduces for synchronize() to wait for): not at np=1.
-        self.reduces = reduces_gradients(self.optimizer)
         # Horovod: Adasum (at np > 1; one rank gets the plain optimizer) reduces in step().
         self.adasum = self.recipe.horovod.op == "adasum" and hvd.size() > 1
 
@@ -344,7 +341,7 @@ def train_step(job: Job, micro: list[Batch], epoch: int, step: int, lr: float,
     # Horovod: wait for this step's gradient allreduces, so the check below sees the averaged
     # gradients. Averaging spreads one rank's Inf/NaN to every rank, so all ranks take the same
     # decision at the same step without another collective.
-    if job.reduces:
+    if reduces_gradients(job.optimizer):  # (not at np=1: Horovod hooked no gradient there)
         job.optimizer.synchronize()
     if scaler is not None:  # Horovod's AMP pattern: unscale the averaged gradients, then step
         scaler.unscale_(job.optimizer)
