@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +10,6 @@ import pytest
 import torch
 
 from hvdtrain.worker.data import (
-    CIFAR_EVAL,
-    CIFAR_TRAIN,
-    MNIST_FILES,
     DataError,
     Dataset,
     eval_shard,
@@ -23,28 +18,9 @@ from hvdtrain.worker.data import (
     load_digits_split,
     load_mnist,
 )
+from datafiles import write_cifar, write_mnist
 from hvdtrain.launcher.plan import DATASET_SIZES
 from hvdtrain.recipe import DataConfig
-
-
-def idx_bytes(arr: np.ndarray) -> bytes:
-    return bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + \
-        arr.astype(np.uint8).tobytes()
-
-
-def write_mnist(folder: Path, n_train: int = 20, n_eval: int = 6, gz: bool = False) -> None:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"train_images": rng.integers(0, 256, (n_train, 28, 28)),
-              "train_labels": np.arange(n_train) % 10,
-              "eval_images": rng.integers(0, 256, (n_eval, 28, 28)),
-              "eval_labels": np.arange(n_eval) % 10}
-    for key, stem in MNIST_FILES.items():
-        raw = idx_bytes(arrays[key])
-        if gz:
-            (folder / f"{stem}.gz").write_bytes(gzip.compress(raw))
-        else:
-            (folder / stem).write_bytes(raw)
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -73,16 +49,6 @@ def test_mnist_missing_and_malformed(tmp_path: Path) -> None:
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04junk")
     with pytest.raises(DataError, match=r"not an unsigned-byte IDX file \(bad magic number\)"):
         load_mnist(tmp_path)
-
-
-def write_cifar(folder: Path, per_batch: int = 4) -> None:
-    rng = np.random.default_rng(1)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in CIFAR_TRAIN + [CIFAR_EVAL]:
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072)).astype(np.uint8),
-                 b"labels": list(range(per_batch)), b"batch_label": name.encode()}
-        with (folder / name).open("wb") as fh:
-            pickle.dump(batch, fh)
 
 
 def test_cifar_pickle_reader(tmp_path: Path) -> None:

@@ -1,6 +1,10 @@
 """Baseline for `make bench`: a plain single-process PyTorch loop with the same model, data,
 batch size, batch order and thread count as hvdtrain's loop at np=1. Prints images/s per epoch.
 
+In-memory data sets (digits, synthetic, MNIST, CIFAR-10) are indexed a batch at a time; an image
+folder or a data component goes through a DataLoader with the recipe's loader workers (persistent,
+as hvdtrain's), the model comes from the recipe (a model component too).
+
 With HVDTRAIN_BENCH_GATE set it waits for its turn before each epoch's timer starts, as the
 worker does with tests/bench/gate (see tests/bench/turns.py)."""
 
@@ -11,24 +15,64 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-from hvdtrain.recipe import load_recipe
+from hvdtrain.recipe import IN_MEMORY, Recipe, load_recipe
 from hvdtrain.schedule import steps_per_epoch
 from hvdtrain.worker.data import load_dataset
 from hvdtrain.worker.models import build_model
 from turns import wait_for_turn  # (this script's folder is on sys.path)
 
 
+def in_memory(recipe: Recipe):
+    """(train size, input shape, classes, batches(order))."""
+    data = load_dataset(recipe.data, recipe.train.seed)
+
+    def batches(order: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in torch.tensor(order).split(recipe.data.batch_size):
+            yield data.train_x[idx], data.train_y[idx]
+
+    return len(data.train_y), data.input_shape, data.num_classes, batches
+
+
+def loaded(recipe: Recipe):
+    """The same, through a DataLoader over the image folder's or the component's training set."""
+    cfg = recipe.data
+    if cfg.dataset == "imagefolder":
+        from hvdtrain.imagefolder import scan
+        from hvdtrain.worker.images import datasets
+
+        folder = scan(cfg.data_dir or ".")
+        train, _ = datasets(folder, cfg.image_size, cfg.augment, cfg.mean, cfg.std)
+        classes = len(folder.classes)
+    else:
+        from hvdtrain.worker.components import data_component
+
+        train, _, classes = data_component(cfg.component or "", cfg.kwargs)
+    order: list[int] = []
+    loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch_size, sampler=order,
+                                         num_workers=cfg.loader_workers,
+                                         persistent_workers=cfg.loader_workers > 0)
+
+    def batches(epoch_order: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order[:] = epoch_order  # the loader's sampler iterates this list anew each epoch
+        return iter(loader)
+
+    return len(train), tuple(train[0][0].shape), classes, batches
+
+
 def main(recipe_name: str, threads: int, *overrides: str) -> None:
+    sys.path.insert(0, os.getcwd())  # components are found from here, as hvdtrain finds them
     recipe = load_recipe(recipe_name, list(overrides)).recipe
     torch.set_num_threads(threads)
     torch.manual_seed(recipe.train.seed)
-    data = load_dataset(recipe.data, recipe.train.seed)
-    spe = steps_per_epoch(len(data.train_y), 1, recipe)
-    model = build_model(recipe.model, data.input_shape, data.num_classes)
+    size, shape, classes, batches = (in_memory if recipe.data.dataset in IN_MEMORY
+                                     else loaded)(recipe)
+    spe = steps_per_epoch(size, 1, recipe)
+    model = build_model(recipe.model, shape, classes)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.optimizer.base_lr,
                           momentum=recipe.optimizer.momentum,
                           weight_decay=recipe.optimizer.weight_decay)
@@ -39,12 +83,12 @@ def main(recipe_name: str, threads: int, *overrides: str) -> None:
             wait_for_turn(gate)
         model.train()
         t0 = time.perf_counter()
-        order = list(range(len(data.train_y)))  # Horovod's ElasticSampler order at np=1
+        order = list(range(size))  # Horovod's ElasticSampler order at np=1
         random.Random(recipe.train.seed + epoch).shuffle(order)
-        for idx in torch.tensor(order[:spe * batch]).split(batch):
+        for x, y in batches(order[:spe * batch]):
             opt.zero_grad()
-            out = model(data.train_x[idx])
-            loss = F.cross_entropy(out, data.train_y[idx])
+            out = model(x)
+            loss = F.cross_entropy(out, y)
             loss.backward()
             opt.step()
             loss.item()

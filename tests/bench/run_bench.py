@@ -2,7 +2,11 @@
 
 1. `hvdtrain run digits-cnn --np 2` wall time (goal: <= 15 s on a 2-core machine).
 2. hvdtrain's loop at np=1 vs a plain PyTorch loop (tests/bench/plain_loop.py) on the same model,
-   batch size, batch order and thread count, synthetic-bench and digits-cnn (goal: >= 0.98x).
+   batch size, batch order and thread count, for every shipped recipe (goal: >= 0.98x each).
+   MNIST and CIFAR-10 read files of random pixels in their real formats (tests/datafiles.py: no
+   download here), imagefolder-resnet a generated image folder (tests/shapes.py) at 64 px with
+   width 16 (its 224 px ResNet-18 takes seconds a step on 2 cores); the slower recipes cap their
+   steps per epoch (``NP1``).
 3. Raw Horovod allreduce, np=2 loopback: float16 vs float32 time for 1.2M and 5M elements (goal:
    float16 <= 0.8x float32).
 4. `hvdtrain bench synthetic-bench model.width=64 --np 2 --reference ddp` on loopback: hvdtrain
@@ -52,28 +56,60 @@ def hvdtrain_epochs(args: list[str], field: str = "images_per_s") -> list[float]
     return rates[1:]
 
 
-def image_folder(reps: int) -> dict:
-    """np=2 on a generated image folder (192-320 px images, 64 px crops, a narrow ResNet-18):
-    images/s and the share of each epoch spent waiting for batches, with 0 and 2 loader workers
-    per rank."""
+def write_data(root: Path) -> dict[str, Path]:
+    """Data files for the recipes that read them: MNIST, CIFAR-10, an image folder (192-320 px
+    images of four classes)."""
     sys.path.insert(0, str(ROOT / "tests"))
+    from datafiles import write_cifar, write_mnist
     from shapes import write_folder
 
+    return {"mnist": write_mnist(root / "mnist", n_train=4096, n_eval=512),
+            "cifar10": write_cifar(root / "cifar", per_batch=256),
+            "images": write_folder(root / "shapes", per_class=200, val_per_class=20,
+                                   sizes=(192, 256, 320))}
+
+
+# The image folder at 64 px crops with a narrow ResNet-18 (np=1 and np=2 benches).
+SMALL_FOLDER = ["data.image_size=64", "model.width=16"]
+
+
+def image_folder(reps: int, folder: Path) -> dict:
+    """np=2 on the generated image folder: images/s and the share of each epoch spent waiting
+    for batches, with 0 and 2 loader workers per rank."""
     out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        data = write_folder(Path(tmp) / "shapes", per_class=200, val_per_class=20,
-                            sizes=(192, 256, 320))
-        for workers in (0, 2):
-            args = ["imagefolder-resnet", f"data.data_dir={data}", "data.image_size=64",
-                    "model.width=16", "train.epochs=4", f"data.loader_workers={workers}",
-                    "--np", "2"]
-            rates, waits = [], []
-            for _ in range(reps):
-                rates += hvdtrain_epochs(args)
-                waits += hvdtrain_epochs(args, "data_wait_share")
-            out[f"loader_workers={workers}"] = {"images_per_s": statistics.median(rates),
-                                                "data_wait_share": statistics.median(waits)}
+    for workers in (0, 2):
+        args = ["imagefolder-resnet", f"data.data_dir={folder}", *SMALL_FOLDER, "train.epochs=4",
+                f"data.loader_workers={workers}", "--np", "2"]
+        rates, waits = [], []
+        for _ in range(reps):
+            rates += hvdtrain_epochs(args)
+            waits += hvdtrain_epochs(args, "data_wait_share")
+        out[f"loader_workers={workers}"] = {"images_per_s": statistics.median(rates),
+                                            "data_wait_share": statistics.median(waits)}
     return out
+
+
+def np1_recipes(data: dict[str, Path]) -> dict[str, tuple[list[str], int]]:
+    """Every recipe in recipes/ -> (the overrides that run it here, runs in turns). The ~2 ms
+    steps of digits and synthetic-bench need the most runs (identical sides differ by ~1 % over
+    5 runs); a recipe added without an entry stops the bench."""
+    runs = 2 * REPS + 1
+    table = {
+        "digits-cnn": (["train.epochs=40"], runs),
+        "synthetic-bench": (["train.epochs=12", "train.max_steps_per_epoch=15"], runs),
+        "custom-model": (["train.epochs=40"], runs),
+        "mnist-cnn": ([f"data.data_dir={data['mnist']}", "train.epochs=8",
+                       "train.max_steps_per_epoch=15"], REPS),
+        "cifar10-resnet": ([f"data.data_dir={data['cifar10']}", "train.epochs=6",
+                            "train.max_steps_per_epoch=6"], REPS),
+        "imagefolder-resnet": ([f"data.data_dir={data['images']}", *SMALL_FOLDER,
+                                "train.epochs=6"], REPS),
+    }
+    shipped = {p.stem for p in (ROOT / "recipes").glob("*.yaml")}
+    if shipped != set(table):
+        raise SystemExit(f"np1_recipes: no bench entry for {sorted(shipped - set(table))} "
+                         f"(entries without a recipe: {sorted(set(table) - shipped)})")
+    return table
 
 
 def np1_in_turns(recipe: str, overrides: list[str]) -> tuple[list[float], list[float]]:
@@ -181,12 +217,12 @@ def main() -> int:
     walls = [demo_wall() for _ in range(REPS)]
     results["demo_wall_s"] = {"runs": walls, "median": statistics.median(walls)}
 
+    data_dir = tempfile.TemporaryDirectory()
+    data = write_data(Path(data_dir.name))
     comparisons = {}
-    for recipe, overrides in (("synthetic-bench", ["train.epochs=12",
-                                                   "train.max_steps_per_epoch=15"]),
-                              ("digits-cnn", ["train.epochs=40"])):
+    for recipe, (overrides, runs) in np1_recipes(data).items():
         plain, ours, per_run = [], [], []
-        for _ in range(2 * REPS + 1):
+        for _ in range(runs):
             p, o = np1_in_turns(recipe, overrides)
             plain += p
             ours += o
@@ -200,13 +236,13 @@ def main() -> int:
     results["loopback_np2"] = loop = per_round(
         bench_rows([*WIDE, "--np", "2", "--compression", "fp16,none", "--reference", "ddp"]))
     results["two_hosts_np2"] = hosts = two_hosts()
-    results["np2_image_folder"] = folder = image_folder(REPS)
+    results["np2_image_folder"] = folder = image_folder(REPS, data["images"])
+    data_dir.cleanup()
 
     ratios = {
         "demo wall s (<= 15)": (results["demo_wall_s"]["median"], 15.0, "<="),
-        "np=1 / plain, synthetic-bench (>= 0.98)": (comparisons["synthetic-bench"]["ratio"], 0.98,
-                                                    ">="),
-        "np=1 / plain, digits-cnn (>= 0.98)": (comparisons["digits-cnn"]["ratio"], 0.98, ">="),
+        **{f"np=1 / plain, {recipe} (>= 0.98)": (c["ratio"], 0.98, ">=")
+           for recipe, c in comparisons.items()},
         "fp16 / fp32 allreduce, 1.2M (<= 0.8)": (ar["1200000_float16_ms"] / ar["1200000_float32_ms"],
                                                 0.8, "<="),
         "fp16 / fp32 allreduce, 5M (<= 0.8)": (ar["5000000_float16_ms"] / ar["5000000_float32_ms"],
@@ -228,7 +264,7 @@ def main() -> int:
                         for k, (v, g, op) in ratios.items()}
     print(f"demo wall (median of {REPS}): {results['demo_wall_s']['median']:.2f} s")
     for recipe, c in comparisons.items():
-        print(f"np=1 {recipe:16s} medians: plain {c['plain_median']:6.0f} img/s, hvdtrain "
+        print(f"np=1 {recipe:18s} medians: plain {c['plain_median']:6.0f} img/s, hvdtrain "
               f"{c['hvdtrain_median']:6.0f} img/s; per run: "
               + " ".join(f"{r:.3f}" for r in c["run_ratios"]))
     print("allreduce ms (np=2 loopback): " + ", ".join(f"{k} {v:.1f}" for k, v in ar.items()))
