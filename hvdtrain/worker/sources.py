@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from hvdtrain.recipe import DataConfig
+from hvdtrain.recipe import IN_MEMORY, DataConfig
 from hvdtrain.worker.data import DataError, Dataset, load_dataset
 from hvdtrain.worker.images import BadImage, collate
 
@@ -122,20 +122,26 @@ class Loaded:
         return out
 
 
-def open_source(cfg: DataConfig, seed: int, pin_memory: bool) -> Source:
-    """This rank's data source for the recipe's ``data`` section."""
+def loaded_datasets(cfg: DataConfig) -> tuple[str, torch.utils.data.Dataset,
+                                               torch.utils.data.Dataset, int, list[str] | None]:
+    """(name, train, val, classes, class names) of an image folder or a data component."""
     if cfg.dataset == "imagefolder":
         from hvdtrain.imagefolder import scan
         from hvdtrain.worker.images import datasets
 
         folder = scan(cfg.data_dir or ".")
         train, val = datasets(folder, cfg.image_size, cfg.augment, cfg.mean, cfg.std)
-        return Loaded("imagefolder", train, val, len(folder.classes), cfg, pin_memory,
-                      folder.classes)
-    if cfg.dataset == "component":
-        from hvdtrain.worker.components import data_component
+        return "imagefolder", train, val, len(folder.classes), folder.classes
+    from hvdtrain.worker.components import data_component
 
-        train, val, classes = data_component(cfg.component or "", cfg.kwargs)
-        return Loaded(cfg.component or "component", train, val, classes, cfg, pin_memory)
+    train, val, classes = data_component(cfg.component or "", cfg.kwargs)
+    return cfg.component or "component", train, val, classes, None
+
+
+def open_source(cfg: DataConfig, seed: int, pin_memory: bool) -> Source:
+    """This rank's data source for the recipe's ``data`` section."""
+    if cfg.dataset not in IN_MEMORY:  # an image folder or a data component
+        name, train, val, classes, names = loaded_datasets(cfg)
+        return Loaded(name, train, val, classes, cfg, pin_memory, names)
     return InMemory(load_dataset(cfg, seed), cfg.batch_size, cfg.eval_batch_size)
 

@@ -24,6 +24,7 @@ from hvdtrain.recipe import IN_MEMORY, Recipe, load_recipe
 from hvdtrain.schedule import steps_per_epoch
 from hvdtrain.worker.data import load_dataset
 from hvdtrain.worker.models import build_model
+from hvdtrain.worker.sources import loaded_datasets
 from turns import wait_for_turn  # (this script's folder is on sys.path)
 
 
@@ -41,17 +42,7 @@ def in_memory(recipe: Recipe):
 def loaded(recipe: Recipe):
     """The same, through a DataLoader over the image folder's or the component's training set."""
     cfg = recipe.data
-    if cfg.dataset == "imagefolder":
-        from hvdtrain.imagefolder import scan
-        from hvdtrain.worker.images import datasets
-
-        folder = scan(cfg.data_dir or ".")
-        train, _ = datasets(folder, cfg.image_size, cfg.augment, cfg.mean, cfg.std)
-        classes = len(folder.classes)
-    else:
-        from hvdtrain.worker.components import data_component
-
-        train, _, classes = data_component(cfg.component or "", cfg.kwargs)
+    _, train, _, classes, _ = loaded_datasets(cfg)  # the datasets hvdtrain's worker builds
     order: list[int] = []
     loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch_size, sampler=order,
                                          num_workers=cfg.loader_workers,

@@ -6,7 +6,7 @@
    MNIST and CIFAR-10 read files of random pixels in their real formats (tests/datafiles.py: no
    download here), imagefolder-resnet a generated image folder (tests/shapes.py) at 64 px with
    width 16 (its 224 px ResNet-18 takes seconds a step on 2 cores); the slower recipes cap their
-   steps per epoch (``NP1``).
+   steps per epoch (``np1_recipes``).
 3. Raw Horovod allreduce, np=2 loopback: float16 vs float32 time for 1.2M and 5M elements (goal:
    float16 <= 0.8x float32).
 4. `hvdtrain bench synthetic-bench model.width=64 --np 2 --reference ddp` on loopback: hvdtrain
