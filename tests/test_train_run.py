@@ -56,6 +56,12 @@ def test_fp16_compression_is_really_used(digits_run) -> None:
                                                                               "fused": True}
 
 
+def test_the_workers_keep_freed_memory_for_the_next_step(digits_run) -> None:
+    """hvdtrain.worker.memory ran in the real workers (its effect: tests/test_memory.py)."""
+    run_dir, _ = digits_run
+    assert json.loads((run_dir / "manifest.json").read_text())["host_memory"] == "kept"
+
+
 def test_run_directory_contents(digits_run) -> None:
     run_dir, _ = digits_run
     saved = Recipe.model_validate(yaml.safe_load((run_dir / "recipe.yaml").read_text()))

@@ -313,6 +313,7 @@ def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
         info["optimizer"] = ev.get("optimizer")
         info["worker_hosts"] = ev.get("hosts")
         info["devices"] = ev.get("devices")
+        info["host_memory"] = ev.get("host_memory")  # glibc's freed memory kept for reuse or not
         info["classes"] = ev.get("classes")  # image folders: what the checkpoints' indices mean
     elif kind == "stopped":
         info["stopped"] = ev

@@ -66,11 +66,13 @@ def horovod_run(recipe: Recipe, warmup: int, steps: int, classes: int | None) ->
     import horovod.torch as hvd
 
     from hvdtrain.worker.loop import share_cores
+    from hvdtrain.worker.memory import keep_freed_memory
     from hvdtrain.worker.optim import compression_report, distributed_optimizer
 
     # Horovod: join the job (Gloo rendezvous with the other ranks).
     hvd.init()
     share_cores()
+    keep_freed_memory()  # as the training worker does (the DDP reference runs as users run it)
     model = model_of(recipe, classes)
     optimizer = distributed_optimizer(model, recipe)
     x, y = batch(recipe, hvd.rank(), classes)

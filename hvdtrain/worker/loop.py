@@ -38,6 +38,7 @@ from hvdtrain.worker.data import eval_shard
 from hvdtrain.worker.devices import Seen, autocast, choose_device
 from hvdtrain.worker.faults import Hooks
 from hvdtrain.worker.heartbeat import Heartbeat
+from hvdtrain.worker.memory import keep_freed_memory
 from hvdtrain.worker.models import build_model
 from hvdtrain.worker.sources import Batch, Source, open_source
 from hvdtrain.worker.optim import (
@@ -91,6 +92,7 @@ class Job:
     device: torch.device
     scaler: torch.amp.GradScaler | None = None  # precision fp16 only
     board: Board = field(default_factory=Board)  # rank 0's TensorBoard writer (or a no-op)
+    host_memory: str = "default"  # what memory.keep_freed_memory() did: kept / default / unavailable
     cfg: LRConfig = field(init=False)
     grads_finite: FiniteCheck = field(init=False)
     adasum: bool = field(init=False)
@@ -130,6 +132,7 @@ def build_job(recipe: Recipe, run_dir: RunDir, hooks: Hooks, beat: Heartbeat) ->
     """Device, data, model, optimizer and data order for this rank (after ``hvd.init()``)."""
     # Horovod: the rank seeds this process's dropout; weights and optimizer state come from rank 0.
     rank = hvd.rank()
+    host_memory = keep_freed_memory()  # before the first step's allocations
     torch.manual_seed(recipe.train.seed + rank)
     device = pick_device(recipe)
     data = open_source(recipe.data, recipe.train.seed, pin_memory=device.type == "cuda")
@@ -141,7 +144,7 @@ def build_job(recipe: Recipe, run_dir: RunDir, hooks: Hooks, beat: Heartbeat) ->
                                          seed=recipe.train.seed)
     scaler = torch.amp.GradScaler("cuda") if recipe.train.precision == "fp16" else None
     return Job(recipe, run_dir, data, model, distributed_optimizer(model, recipe), sampler, hooks,
-               beat, device, scaler)
+               beat, device, scaler, host_memory=host_memory)
 
 
 def share_cores() -> list[str]:
@@ -235,6 +238,7 @@ def announce_start(job: Job, counters: Counters, hosts: list[str], restored_from
                     start_step=counters.batch,
                     steps_per_epoch=job.steps_per_epoch(), world_size=size,
                     threads=torch.get_num_threads(), hosts=hosts, devices=devices,
+                    host_memory=job.host_memory,
                     precision=r.train.precision,
                     compression={"name": hv.compression, **report}, op=hv.op,
                     optimizer={"name": r.optimizer.name, "fused": is_fused(job.optimizer)},
