@@ -5,7 +5,9 @@ were ``mmap``-ed (above ``M_MMAP_THRESHOLD``) or when the free top of the heap g
 ``M_TRIM_THRESHOLD``, and the next step then page-faults the same gradients, activations and fp16
 copies back in, zero-filled. Measured on the width-64 synthetic-bench model (1.2 M parameters in
 29 gradients): Horovod's fp16 compress + decompress took 2.7 ms a step with glibc's defaults and
-0.26 ms with both thresholds raised; raising the mmap threshold alone gave 2.4 ms.
+0.26 ms with both thresholds raised; raising the mmap threshold alone gave 2.4 ms. glibc moves
+both thresholds with what was freed, so whether a process faults every step differs from run to
+run (40 tensors of 1 MiB a step, 8 runs: 5 faulted ~10,000 pages a step, 3 none).
 
 The CUDA allocator already caches its blocks; this is about host memory. Set
 ``HVDTRAIN_MALLOC=default`` to keep glibc's behaviour (a process that must give memory back).
