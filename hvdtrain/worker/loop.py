@@ -90,9 +90,9 @@ class Job:
     hooks: Hooks
     beat: Heartbeat
     device: torch.device
+    host_memory: str  # what memory.keep_freed_memory() did: kept / default / unavailable
     scaler: torch.amp.GradScaler | None = None  # precision fp16 only
     board: Board = field(default_factory=Board)  # rank 0's TensorBoard writer (or a no-op)
-    host_memory: str = "default"  # what memory.keep_freed_memory() did: kept / default / unavailable
     cfg: LRConfig = field(init=False)
     grads_finite: FiniteCheck = field(init=False)
     adasum: bool = field(init=False)
@@ -144,7 +144,7 @@ def build_job(recipe: Recipe, run_dir: RunDir, hooks: Hooks, beat: Heartbeat) ->
                                          seed=recipe.train.seed)
     scaler = torch.amp.GradScaler("cuda") if recipe.train.precision == "fp16" else None
     return Job(recipe, run_dir, data, model, distributed_optimizer(model, recipe), sampler, hooks,
-               beat, device, scaler, host_memory=host_memory)
+               beat, device, host_memory, scaler)
 
 
 def share_cores() -> list[str]:
