@@ -17,14 +17,13 @@ $(STAMP): pyproject.toml hvdtrain/__init__.py hvdtrain/setup/horovod_build.py hv
 	@$(PY) -m pip install --quiet --disable-pip-version-check "torch==$(TORCH_VERSION)"
 	@$(PY) -m hvdtrain.setup.horovod_build
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,report]"
-	@$(MAKE) --no-print-directory test-hosts-deps
 	@touch $(STAMP)
 	@echo "[hvdtrain install] done: $(VENV)/bin/hvdtrain"
 
 demo: install
 	$(VENV)/bin/hvdtrain run digits-cnn --np 2
 
-test: install
+test: install test-hosts-deps
 	$(VENV)/bin/python -m pytest -q
 
 # Everything that starts no horovodrun (every test that does carries the `horovod` marker), on two
@@ -38,7 +37,7 @@ bench: install
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
-# The two-host tests run an sshd per network namespace, the Slurm tests a one-node Slurm (slurm-wlm
+# Only `make test` needs these (never `make install` or `make demo`). The two-host tests run an sshd per network namespace, the Slurm tests a one-node Slurm (slurm-wlm
 # 22.05 + munge, started by the tests themselves); install them from the system package manager
 # when missing (root + apt only; elsewhere those tests are skipped with the reason).
 test-hosts-deps:

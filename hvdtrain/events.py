@@ -5,11 +5,11 @@ Under horovodrun a worker's stdout is a pipe whose lines the launcher prefixes (
 ``[rank]<stdout>:``, Open MPI: ``[job,rank]<stdout>:``), so rich cannot draw inside a worker.
 Rank 0 emits events; the hvdtrain process parses horovodrun's output and draws.
 
-Event kinds (``event`` field): start, resumed, step, epoch, checkpoint, warning, error, done,
-reset (elastic: the world changed), stopped (a stop was asked for: checkpointed; all from rank 0),
-and beat (from every rank, every
-``BEAT_INTERVAL`` seconds: see worker/heartbeat.py).
-A worker's exit code is one of ``WorkerExit``.
+Each event kind (``event`` field) is a TypedDict below: the worker's ``emit`` refuses a field
+its kind lacks or a missing one, and the launcher's ``parse_line`` passes on only well-formed
+events, naming the field of any other (``Line.problems``). All come from rank 0 but ``beat`` (every
+rank, every ``BEAT_INTERVAL`` seconds: worker/heartbeat.py). A worker's exit code is a
+``WorkerExit``.
 """
 
 from __future__ import annotations
@@ -17,26 +17,177 @@ from __future__ import annotations
 import json
 import math
 import re
-import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal, TypedDict, Union
+
+from hvdtrain.manifest import Wire
 
 MARKER = "@@hvdtrain@@ "
 PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")
-KINDS = ("start", "resumed", "step", "epoch", "checkpoint", "warning", "error", "done", "beat",
-         "reset", "stopped", "bench")
-# `hvdtrain run` on SIGUSR1 (Slurm's warning before preemption or the time limit): the workers
-# checkpoint and stop; the run ends with this code (128 + SIGUSR1, as for the other signals).
-STOPPED_EXIT = 128 + int(signal.SIGUSR1)
+# The protocol's version, in the start event: a launcher refuses to read another version's events.
+SCHEMA = 1
 BEAT_INTERVAL = 2.0  # seconds between a rank's heartbeats; the launcher's stall report reads it
 # A progress event (``HELD``) written this soon after the previous write waits to share the next
 # write (see ``_Stream``); the next heartbeat ends the wait at the latest.
 HOLD = 0.25
 HELD = ("step", "epoch", "checkpoint")
+
+
+# --- the events, one TypedDict per kind (the worker builds them, the launcher reads them) --------
+# Floats may arrive as the strings "nan"/"inf" (JSON has no NaN: see ``_clean``).
+
+class StartEvent(TypedDict):
+    event: Literal["start"]
+    schema: int  # SCHEMA
+    epochs: int
+    start_epoch: int
+    start_step: int
+    steps_per_epoch: int
+    world_size: int
+    threads: int
+    hosts: list[str]  # each rank's host
+    devices: list[str]  # each rank's device: cpu | cuda:N
+    host_memory: str  # kept | default (worker/memory.py)
+    precision: str
+    wire: Wire  # the gradient on the wire, as the configured compression sends it
+    op: str
+    fused: bool  # the optimizer steps with PyTorch's fused kernel
+    base_lr: float
+    peak_lr: float
+    params: int
+    train_samples: int
+    eval_samples: int
+    classes: list[str] | None  # image folders: class names by index
+
+
+class ResumedEvent(TypedDict):
+    event: Literal["resumed"]
+    epoch: int
+    step: int
+    path: str
+    optimizer_hashes: list[str]  # each rank's, after the restore
+
+
+class StepEvent(TypedDict):
+    event: Literal["step"]
+    epoch: int
+    step: int
+    steps: int
+    global_step: int
+    loss: float
+    acc: float
+    lr: float
+    images_per_s: float
+
+
+class EpochEvent(TypedDict):
+    event: Literal["epoch"]
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_acc: float
+    eval_loss: float | None  # None: no evaluation this epoch
+    eval_acc: float | None
+    seconds: float
+    images_per_s: float
+    data_wait_share: float
+    lr: float
+    global_step: int
+    world_size: int
+
+
+class CheckpointEvent(TypedDict):
+    event: Literal["checkpoint"]
+    epoch: int
+    step: int
+    path: str
+
+
+class MessageEvent(TypedDict):
+    event: Literal["warning", "error"]
+    message: str
+
+
+class DoneEvent(TypedDict):
+    event: Literal["done"]
+    epochs: int
+    eval_acc: float | None
+    eval_loss: float | None
+    param_hashes: list[str]
+    replicas_identical: bool
+    steps_per_rank: list[int]
+    world_size: int
+    resets: int
+
+
+class BeatEvent(TypedDict):
+    event: Literal["beat"]
+    rank: int
+    phase: str
+    epoch: int
+    step: int
+
+
+class ResetEvent(TypedDict):
+    event: Literal["reset"]
+    number: int
+    time: float
+    old_size: int
+    new_size: int
+    hosts: list[str]
+    left: list[str]
+    joined: list[str]
+    epoch: int
+    step: int
+    global_step: int
+
+
+class StoppedEvent(TypedDict):
+    event: Literal["stopped"]
+    epoch: int
+    step: int
+    global_step: int
+    path: str
+
+
+class BenchEvent(TypedDict):
+    event: Literal["bench"]
+    np: int
+    wire_bytes: int
+    per_rank: list[list[float | None]]  # each rank's (wall seconds, allreduce wait seconds)
+    threads: int
+    batch_size: int
+    steps: int
+
+
+Event = Union[StartEvent, ResumedEvent, StepEvent, EpochEvent, CheckpointEvent, MessageEvent,
+              DoneEvent, BeatEvent, ResetEvent, StoppedEvent, BenchEvent]
+EVENTS: dict[str, type] = {"start": StartEvent, "resumed": ResumedEvent, "step": StepEvent,
+                           "epoch": EpochEvent, "checkpoint": CheckpointEvent,
+                           "warning": MessageEvent, "error": MessageEvent, "done": DoneEvent,
+                           "beat": BeatEvent, "reset": ResetEvent, "stopped": StoppedEvent,
+                           "bench": BenchEvent}
+
+
+def problems(event: object) -> list[str]:
+    """What is wrong with one decoded event, naming the field; [] when it is well formed."""
+    if not isinstance(event, dict):
+        return [f"an event is a JSON object, not {type(event).__name__}"]
+    kind = event.get("event")
+    if kind not in EVENTS:
+        return [f"unknown event kind {kind!r} (field 'event'; known: {', '.join(EVENTS)})"]
+    fields = set(EVENTS[kind].__annotations__)
+    found = [f"{kind} event: missing field {f!r}" for f in sorted(fields - set(event))]
+    found += [f"{kind} event: unexpected field {f!r}" for f in sorted(set(event) - fields)]
+    if kind == "start" and "schema" in event and event["schema"] != SCHEMA:
+        found.append(f"start event: field 'schema' is {event['schema']!r}, this hvdtrain reads "
+                     f"{SCHEMA}: the workers run another hvdtrain version (install the same one "
+                     "on every host)")
+    return found
 
 
 class WorkerExit(IntEnum):
@@ -61,10 +212,12 @@ def _clean(value: Any) -> Any:
 
 
 def _body(kind: str, fields: dict[str, Any]) -> str:
-    """One event as JSON (no marker)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown event kind {kind!r}")
-    return json.dumps(_clean({"event": kind, **fields}), separators=(",", ":"))
+    """One event as JSON (no marker); a field the kind does not have, or lacks, is a bug here."""
+    event = {"event": kind, **fields}
+    wrong = problems(event)
+    if wrong:
+        raise ValueError("; ".join(wrong))
+    return json.dumps(_clean(event), separators=(",", ":"))
 
 
 def encode(kind: str, **fields: Any) -> str:
@@ -75,21 +228,12 @@ def encode(kind: str, **fields: Any) -> str:
 class _Stream:
     """This process's event lines on stdout, in order, from the training and heartbeat threads.
 
-    Small models emit many step events a second (digits logged every 5 steps of ~3.5 ms), and every
-    write wakes horovodrun's relay and the hvdtrain process, whose CPU a 2-core machine takes from
-    the compute threads: 3-6 % of a digits epoch at np=1 (epochs with and without step events,
-    interleaved in one run). So a progress event (step, epoch, checkpoint) that comes within
-    ``HOLD`` of the previous write is held and goes out with the next write; every other kind
-    (beats, warnings, errors, start, done) is written at once, with the held lines before it.
-    Epochs of ~0.2 s (digits) made four writes each (a mid-epoch step, the last step, the epoch,
-    its checkpoint), now about one: hvdtrain at np=1 vs a plain loop 0.963 -> 0.972 (5 runs of
-    40 epochs in turns, tests/bench/turns.py). Nothing is dropped: metrics.jsonl still gets every
-    log window, and a worker's last word (exit or exception) flushes what is held.
-
-    The events of one write go out as one line (a JSON array): horovodrun's relay forwards line by
-    line, each forwarded line woke the hvdtrain process again, and a held write of digits carries
-    ~20 events (np=1, log windows of 5 steps of ~2 ms). hvdtrain at np=1 vs a plain loop, step
-    events written vs not written at all (4 runs of 40 epochs in turns): 0.951 vs 0.967.
+    Every write wakes horovodrun's relay and the hvdtrain process, whose CPU a 2-core machine takes
+    from the compute threads (docs/performance.md, "Event writes"). So a progress event (step,
+    epoch, checkpoint) that comes within ``HOLD`` of the previous write is held and goes out with
+    the next write; every other kind (beats, warnings, errors, start, done) is written at once,
+    with the held lines before it, and the events of one write go out as one line (a JSON array).
+    Nothing is dropped: a worker's last word (exit or exception) flushes what is held.
     """
 
     def __init__(self) -> None:
@@ -134,30 +278,41 @@ def flush() -> None:
 @dataclass(frozen=True)
 class Line:
     """One line of horovodrun output: who wrote it, and the events in it (one, several that
-    shared a write, or none: not an event line)."""
+    shared a write, or none: not an event line); ``problems`` says what was wrong with any event
+    left out."""
 
     rank: int | None  # None: horovodrun itself (not a worker)
     stream: str  # stdout | stderr | launcher
     text: str
-    events: tuple[dict[str, Any], ...] = ()
+    events: tuple[Event, ...] = ()
+    problems: tuple[str, ...] = ()
 
 
 def parse_line(raw: str) -> Line:
     raw = raw.rstrip("\r\n")
     m = PREFIX.match(raw)
     if m is None:
-        return Line(None, "launcher", raw, _decode(raw))
+        return Line(None, "launcher", raw, *_decode(raw))
     rank, stream, text = int(m.group(1)), m.group(2), m.group(3)
-    return Line(rank, stream, text, _decode(text) if stream == "stdout" else ())
+    if stream != "stdout":
+        return Line(rank, stream, text)
+    return Line(rank, stream, text, *_decode(text))
 
 
-def _decode(text: str) -> tuple[dict[str, Any], ...]:
-    """The events of a protocol line (an object or an array of them); () for any other text."""
+def _decode(text: str) -> tuple[tuple[Event, ...], tuple[str, ...]]:
+    """The well-formed events of a protocol line (an object or an array of them) and what was
+    wrong with the others; ((), ()) for any other text."""
     if not text.startswith(MARKER):
-        return ()
+        return (), ()
     try:
         value = json.loads(text[len(MARKER):])
-    except json.JSONDecodeError:
-        return ()
-    return tuple(e for e in (value if isinstance(value, list) else [value])
-                 if isinstance(e, dict) and e.get("event") in KINDS)
+    except json.JSONDecodeError as exc:
+        return (), (f"event line is not JSON ({exc.msg} at column {exc.colno})",)
+    good: list[Event] = []
+    bad: list[str] = []
+    for e in value if isinstance(value, list) else [value]:
+        wrong = problems(e)
+        bad += wrong
+        if not wrong:
+            good.append(e)
+    return tuple(good), tuple(bad)

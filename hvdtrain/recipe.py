@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from hvdtrain.errors import UserError
+from hvdtrain.schedule import LRConfig, steps_per_epoch
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -588,12 +589,23 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
     return out
 
 
-def lr_config(recipe: Recipe):
+def lr_config(recipe: Recipe) -> LRConfig:
     """The schedule's view of a recipe."""
-    from hvdtrain.schedule import LRConfig
-
     opt = recipe.optimizer
     return LRConfig(base_lr=opt.base_lr, scaling=opt.lr_scaling, warmup_epochs=opt.warmup_epochs,
                     decay=opt.decay, decay_epochs=tuple(opt.decay_epochs),
                     decay_factor=opt.decay_factor, epochs=recipe.train.epochs,
                     backward_passes_per_step=recipe.horovod.backward_passes_per_step)
+
+
+def recipe_steps_per_epoch(recipe: Recipe, train_samples: int, np: int) -> int:
+    """The recipe's optimizer steps per epoch on ``np`` ranks; UserError when not even one fits."""
+    batch, passes = recipe.data.batch_size, recipe.horovod.backward_passes_per_step
+    steps = steps_per_epoch(train_samples, np, batch, passes, recipe.train.max_steps_per_epoch)
+    if steps == 0:
+        per_step = f"data.batch_size={batch}" + (
+            f" x horovod.backward_passes_per_step={passes}" if passes > 1 else "")
+        raise UserError(f"{per_step} is larger than each worker's share of the {train_samples} "
+                        f"training samples ({train_samples // np} with np={np}): lower "
+                        "data.batch_size or the number of processes")
+    return steps

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hvdtrain.manifest import Manifest
 from hvdtrain.recipe import LoadedRecipe, Recipe
 
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.pt$")
@@ -149,7 +150,7 @@ class RunDir:
         """The recipe saved in this run directory (raises pydantic/YAML errors if edited badly)."""
         return Recipe.from_yaml(self.recipe_file.read_text())
 
-    def write_manifest(self, info: dict[str, Any]) -> None:
+    def write_manifest(self, info: Manifest) -> None:
         write_json_atomic(self.manifest_file, info)
 
     def read_metrics(self) -> tuple[list[dict[str, Any]], int]:
@@ -170,8 +171,10 @@ class RunDir:
                 records.append(record)
         return records, bad
 
-    def read_manifest(self) -> dict[str, Any] | None:
+    def read_manifest(self) -> Manifest | None:
+        """The manifest (see hvdtrain.manifest), None when missing or not a JSON object."""
         try:
-            return json.loads(self.manifest_file.read_text())
+            info = json.loads(self.manifest_file.read_text())
         except (OSError, ValueError):
             return None
+        return info if isinstance(info, dict) else None

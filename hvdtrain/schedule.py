@@ -15,12 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
-
-from hvdtrain.errors import UserError
-
-if TYPE_CHECKING:
-    from hvdtrain.recipe import Recipe
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -69,19 +64,10 @@ def warmup_steps(cfg: LRConfig, steps_per_epoch: int) -> int:
     return math.ceil(cfg.warmup_epochs * steps_per_epoch)
 
 
-def steps_per_epoch(train_samples: int, np: int, recipe: Recipe) -> int:
+def steps_per_epoch(train_samples: int, np: int, batch_size: int, passes: int = 1,
+                    cap: int | None = None) -> int:
     """Optimizer steps per epoch, equal on every rank: each rank gets floor(N / np) samples and
-    drops the last partial step (a step is backward_passes_per_step batches), capped by
-    ``train.max_steps_per_epoch``."""
-    per_rank = train_samples // np
-    passes = recipe.horovod.backward_passes_per_step
-    steps = per_rank // (recipe.data.batch_size * passes)
-    if steps == 0:
-        per_step = f"data.batch_size={recipe.data.batch_size}" + (
-            f" x horovod.backward_passes_per_step={passes}" if passes > 1 else "")
-        raise UserError(
-            f"{per_step} is larger than each worker's share of the "
-            f"{train_samples} training samples ({per_rank} with np={np}): "
-            "lower data.batch_size or the number of processes")
-    cap = recipe.train.max_steps_per_epoch
+    drops the last partial step (a step is ``passes`` batches), capped by ``cap``; 0 when one
+    step needs more samples than a rank has."""
+    steps = train_samples // np // (batch_size * passes)
     return min(steps, cap) if cap else steps

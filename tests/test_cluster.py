@@ -54,7 +54,7 @@ def test_two_host_run_over_ssh_trains_on_both_hosts_over_the_veth(cluster, tmp_p
     assert manifest["worker_hosts"] == ["198.51.100.1", "198.51.100.2"]  # one rank per host
     assert manifest["argv"][3:5] == ["-H", "198.51.100.1:1,198.51.100.2:1"]
     # Gloo's gradient traffic reached host b over the veth: at least one fp16 gradient per step.
-    grad = manifest["compression"]["wire_bytes"]
+    grad = manifest["wire"]["wire_bytes"]
     assert b.counter("rx_bytes") - rx_before > grad * 22 * 12
 
 

@@ -11,19 +11,29 @@ from conftest import ROOT
 from rich.console import Console
 
 from hvdtrain.launcher.display import LiveView, PlainView
-from hvdtrain.events import MARKER, encode, parse_line
+from hvdtrain.events import MARKER, SCHEMA, encode, parse_line
 from hvdtrain.launcher.plan import build_plan
 from hvdtrain.recipe import load_recipe
 
 RECORDED = (ROOT / "tests" / "data" / "recorded_digits_np2.txt").read_text().splitlines(True)
+STEP = {"epoch": 1, "step": 1, "steps": 22, "global_step": 1, "loss": 2.3, "acc": 0.1, "lr": 0.1,
+        "images_per_s": 2000.0}
+EPOCH = {"epoch": 1, "epochs": 2, "train_loss": 2.2, "train_acc": 0.2, "eval_loss": None,
+         "eval_acc": None, "seconds": 0.5, "images_per_s": 2000.0, "data_wait_share": 0.0,
+         "lr": 0.1, "global_step": 22, "world_size": 2}
+
+
+def recorded(kind: str) -> dict:
+    """The first ``kind`` event of the recorded run (a complete event of the current schema)."""
+    return next(e for raw in RECORDED for e in parse_line(raw).events if e["event"] == kind)
 
 
 def test_encode_and_parse_round_trip_with_gloo_and_mpi_prefixes() -> None:
-    line = encode("step", epoch=1, loss=float("nan"), lr=0.1)
+    line = encode("step", **{**STEP, "loss": float("nan")})
     assert line.startswith(MARKER)
     gloo = parse_line(f"[0]<stdout>:{line}\n")
-    assert (gloo.rank, gloo.stream) == (0, "stdout")
-    assert gloo.events == ({"event": "step", "epoch": 1, "loss": "nan", "lr": 0.1},)
+    assert (gloo.rank, gloo.stream, gloo.problems) == (0, "stdout", ())
+    assert gloo.events == ({"event": "step", **STEP, "loss": "nan"},)
     mpi = parse_line(f"[1,3]<stdout>:{line}")
     assert (mpi.rank, [e["event"] for e in mpi.events]) == (3, ["step"])
 
@@ -35,27 +45,28 @@ def test_fast_progress_events_share_writes_and_none_is_lost(monkeypatch) -> None
     monkeypatch.setattr(events.sys, "stdout", type("Out", (), {
         "write": lambda self, text: writes.append(text), "flush": lambda self: None})())
     monkeypatch.setattr(events, "_stream", events._Stream())
-    events.emit("step", step=1)  # the first write of the process goes out at once
-    events.emit("step", step=2)  # within HOLD of it: held
-    events.emit("step", step=3)
+    events.emit("step", **{**STEP, "step": 1})  # the first write of the process goes out at once
+    events.emit("step", **{**STEP, "step": 2})  # within HOLD of it: held
+    events.emit("step", **{**STEP, "step": 3})
     assert len(writes) == 1
-    events.emit("beat", rank=0)  # any other kind writes at once, after the held lines
+    events.emit("beat", rank=0, phase="step", epoch=1, step=3)  # any other kind writes at once, after the held lines
     assert len(writes) == 2
     # one line per write, so horovodrun's relay forwards (and hvdtrain wakes for) one line
     assert writes[1].endswith("\n") and writes[1].count("\n") == 1
-    assert [e.get("step") for e in parse_line(writes[1]).events] == [2, 3, None]
-    events.emit("step", step=4)
-    events.emit("epoch", epoch=1)  # progress too: held (digits' epochs are ~0.2 s)
-    events.emit("checkpoint", epoch=1)
+    assert [e["event"] for e in parse_line(writes[1]).events] == ["step", "step", "beat"]
+    assert [e["step"] for e in parse_line(writes[1]).events] == [2, 3, 3]
+    events.emit("step", **{**STEP, "step": 4})
+    events.emit("epoch", **EPOCH)  # progress too: held (digits' epochs are ~0.2 s)
+    events.emit("checkpoint", epoch=1, step=0, path="p")
     assert len(writes) == 2
     events.flush()  # the worker's last word before it exits
     monkeypatch.setattr(events.time, "monotonic", lambda: 1e12)  # long after the last write
-    events.emit("step", step=5)
+    events.emit("step", **{**STEP, "step": 5})
     assert all(w.count("\n") == 1 for w in writes)
     lines = [e for w in writes for e in parse_line(w).events]
     assert [(e["event"], e.get("step")) for e in lines] == [
-        ("step", 1), ("step", 2), ("step", 3), ("beat", None), ("step", 4), ("epoch", None),
-        ("checkpoint", None), ("step", 5)] and len(writes) == 4
+        ("step", 1), ("step", 2), ("step", 3), ("beat", 3), ("step", 4), ("epoch", None),
+        ("checkpoint", 0), ("step", 5)] and len(writes) == 4
 
 
 def test_tensorboard_summaries_are_held_and_forced_out_at_the_end() -> None:
@@ -116,18 +127,52 @@ def _loss_summary(step: int):
 
 def test_non_events_pass_through_untouched() -> None:
     assert parse_line("[1]<stderr>:Traceback (most recent call last):\n").events == ()
-    assert parse_line(f"[1]<stderr>:{encode('done')}").events == ()  # events only on stdout
+    done = encode("done", **{k: v for k, v in recorded("done").items() if k != "event"})
+    assert parse_line(f"[1]<stderr>:{done}").events == ()  # events only on stdout
     launcher = parse_line("Process 1 exit with status code 1.")
     assert (launcher.rank, launcher.stream, launcher.events) == (None, "launcher", ())
     assert parse_line(f"[0]<stdout>:{MARKER}{{not json").events == ()
     assert parse_line(f'[0]<stdout>:{MARKER}{{"event": "rm -rf"}}').events == ()
     # a shared write: an array of events; what is not an event in it is left out
-    mixed = parse_line(f'[0]<stdout>:{MARKER}[{{"event": "step"}}, 3, {{"event": "rm -rf"}}, '
-                       f'{{"event": "epoch"}}]')
+    step, epoch = json.dumps({"event": "step", **STEP}), json.dumps({"event": "epoch", **EPOCH})
+    mixed = parse_line(f'[0]<stdout>:{MARKER}[{step}, 3, {{"event": "rm -rf"}}, {epoch}]')
     assert [e["event"] for e in mixed.events] == ["step", "epoch"]
     assert parse_line(f"[0]<stdout>:{MARKER}[]").events == ()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown event kind 'bogus'"):
         encode("bogus")
+
+
+def test_a_malformed_event_names_the_field() -> None:
+    """The worker refuses to send it; the launcher that receives one leaves it out and says why."""
+    with pytest.raises(ValueError, match="step event: missing field 'images_per_s'"):
+        encode("step", **{k: v for k, v in STEP.items() if k != "images_per_s"})
+    with pytest.raises(ValueError, match="checkpoint event: unexpected field 'pth'"):
+        encode("checkpoint", epoch=1, step=0, path="p", pth="p")
+    renamed = {"event": "step", **{("img_s" if k == "images_per_s" else k): v
+                                   for k, v in STEP.items()}}
+    line = parse_line(f"[0]<stdout>:{MARKER}{json.dumps(renamed)}")
+    assert line.events == ()
+    assert line.problems == ("step event: missing field 'images_per_s'",
+                             "step event: unexpected field 'img_s'")
+    assert parse_line(f'[0]<stdout>:{MARKER}{{"event": "rm -rf"}}').problems == (
+        "unknown event kind 'rm -rf' (field 'event'; known: start, resumed, step, epoch, "
+        "checkpoint, warning, error, done, beat, reset, stopped, bench)",)
+    assert parse_line(f"[0]<stdout>:{MARKER}{{not json").problems == (
+        "event line is not JSON (Expecting property name enclosed in double quotes at column 2)",)
+    assert parse_line("[1]<stderr>:Traceback (most recent call last):").problems == ()
+
+
+def test_a_start_event_of_another_schema_says_so() -> None:
+    start = {**recorded("start"), "schema": SCHEMA + 1}
+    line = parse_line(f"[0]<stdout>:{MARKER}{json.dumps(start)}")
+    assert line.events == () and line.problems == (
+        f"start event: field 'schema' is {SCHEMA + 1}, this hvdtrain reads {SCHEMA}: the workers "
+        "run another hvdtrain version (install the same one on every host)",)
+
+
+def test_every_recorded_event_is_well_formed() -> None:
+    """The recorded run is the display tests' input: it must be of the current schema."""
+    assert [p for raw in RECORDED for p in parse_line(raw).problems] == []
 
 
 def test_recorded_output_parses_into_the_expected_event_sequence() -> None:

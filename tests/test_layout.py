@@ -4,7 +4,7 @@
 - hvdtrain/worker/ runs under horovodrun: never the launcher or set-up side, never draws;
 - hvdtrain/setup/ builds Horovod and checks the machine: never the launcher or worker side;
 - hvdtrain/*.py (the shared floor) imports none of the three folders, and never torch or horovod;
-- no import cycles; worker functions fit on a screen; CLI commands only forward.
+- no import cycles, not even type-only ones; worker functions fit on a screen; CLI commands only forward.
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ def _type_checking_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every module ``path`` imports at run time (module level or inside functions)."""
+def imports_of(path: Path, type_only: bool = False) -> set[str]:
+    """Every module ``path`` imports at run time (module level or inside functions), and with
+    ``type_only`` also those under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text())
-    skip = _type_checking_lines(tree)
+    skip = set() if type_only else _type_checking_lines(tree)
     found: set[str] = set()
     for node in ast.walk(tree):
         if getattr(node, "lineno", None) in skip:
@@ -95,21 +96,39 @@ def test_the_folder_rule_catches_a_violation(tmp_path: Path) -> None:
     assert {"torch.nn", "hvdtrain.worker", "hvdtrain.worker.loop"} <= imports_of(probe)
 
 
-def test_no_import_cycles() -> None:
-    graph = {n: {i for i in imports_of(p) if i in MODULES and i != n} for n, p in MODULES.items()}
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (module -> modules it imports) as a path, or None."""
     done: set[str] = set()
 
-    def visit(node: str, path: list[str]) -> None:
+    def visit(node: str, path: list[str]) -> list[str] | None:
         if node in path:
-            pytest.fail("import cycle: " + " -> ".join(path[path.index(node):] + [node]))
+            return path[path.index(node):] + [node]
         if node in done:
-            return
-        for nxt in sorted(graph[node]):
-            visit(nxt, path + [node])
+            return None
+        for nxt in sorted(graph.get(node, ())):
+            if (found := visit(nxt, path + [node])) is not None:
+                return found
         done.add(node)
+        return None
 
-    for name in sorted(graph):
-        visit(name, [])
+    return next((c for name in sorted(graph) if (c := visit(name, [])) is not None), None)
+
+
+def test_no_import_cycles_not_even_type_only() -> None:
+    graph = {n: {i for i in imports_of(p, type_only=True) if i in MODULES and i != n}
+             for n, p in MODULES.items()}
+    cycle = import_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_sees_type_only_imports(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                     "    from hvdtrain.recipe import Recipe\n")
+    assert "hvdtrain.recipe" not in imports_of(probe)
+    assert "hvdtrain.recipe" in imports_of(probe, type_only=True)
+    assert import_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+    assert import_cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_launcher_and_shared_modules_import_nothing_heavy_at_run_time() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hvdtrain.events import STOPPED_EXIT
+from hvdtrain.manifest import STOPPED_EXIT
 from hvdtrain.rundir import RunDir, checkpoint_position
 
 pytestmark = pytest.mark.horovod

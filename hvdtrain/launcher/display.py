@@ -12,8 +12,8 @@ from rich.markup import escape
 from rich.padding import Padding
 from rich.table import Table
 
-from hvdtrain.events import STOPPED_EXIT
 from hvdtrain.machine import classify_interface
+from hvdtrain.manifest import STOPPED_EXIT, Status
 
 if TYPE_CHECKING:
     from hvdtrain.launcher.hosts import HostList
@@ -55,13 +55,15 @@ def recipes_table(rows: list[dict]) -> Table:
     return table
 
 
-RUN_STYLES = {"finished": "green", "running": "blue", "failed": "red", "killed": "red",
-              "interrupted": "yellow"}
+RUN_STYLES = {Status.FINISHED: "green", Status.RUNNING: "blue", Status.FAILED: "red",
+              Status.KILLED: "red", Status.INTERRUPTED: "yellow", Status.STOPPED: "yellow",
+              Status.REQUEUED: "cyan", Status.QUEUED: "cyan"}
 
 
 def _run_fields(r: dict) -> list[str]:
     wall = r["wall_seconds"]
-    return [f"[{RUN_STYLES.get(r['status'], 'white')}]{r['status']}[/]", str(r["np"] or "-"),
+    style = RUN_STYLES.get(r["status"].split(" ")[0], "white")  # "queued (Slurm job N)"
+    return [f"[{style}]{escape(r['status'])}[/]", str(r["np"] or "-"),
             f"{r['epochs_done']}/{r['epochs'] or '?'}", _fmt_acc(r["best_eval_acc"]),
             "-" if wall is None else f"{wall:,.0f}s"]
 
@@ -308,10 +310,10 @@ class PlainView:
     def event(self, e: dict) -> None:
         kind = e["event"]
         if kind == "start":
-            c = e["compression"]
-            devices = ", ".join(sorted(set(e.get("devices") or ["cpu"])))
+            c = e["wire"]
+            devices = ", ".join(sorted(set(e["devices"])))
             self.say(f"started: {e['world_size']} ranks on {', '.join(sorted(set(e['hosts'])))}, "
-                     f"{e['params']:,} parameters on {devices} in {e.get('precision', 'fp32')}, "
+                     f"{e['params']:,} parameters on {devices} in {e['precision']}, "
                      f"gradients {c['wire_dtype']} on the wire "
                      f"({c['wire_bytes']:,} of {c['grad_bytes']:,} bytes)")
         elif kind == "step":
@@ -395,7 +397,7 @@ class LiveView(PlainView):
             self.epoch_task = self.progress.add_task("epoch", total=e["epochs"],
                                                      completed=e["start_epoch"], stats="")
             self.step_task = self.progress.add_task("step", total=e["steps_per_epoch"],
-                                                    completed=e.get("start_step") or 0, stats="")
+                                                    completed=e["start_step"], stats="")
             super().event(e)
         elif kind == "step" and self.step_task is not None:
             self.progress.update(self.step_task, completed=e["step"], stats=step_stats(e))

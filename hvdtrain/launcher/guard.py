@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from hvdtrain.manifest import Status
 from hvdtrain.rundir import RunDir
 
 
@@ -47,10 +48,10 @@ def main(argv: list[str]) -> int:
         return 0
     stopped = stop_leftovers(run_dir)
     info = run_dir.read_manifest()
-    if info is None or info.get("status") != "running":
+    if info is None or info.get("status") != Status.RUNNING:
         return 0  # hvdtrain died after recording the end: nothing to correct
     pid = info.get("launcher_pid")
-    info.update(status="killed", end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), failure=[
+    info.update(status=Status.KILLED, end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), failure=[
         f"the hvdtrain process (pid {pid}) died before the run ended (killed by a signal such as "
         f"SIGKILL, or by the out-of-memory killer); {stopped} leftover process(es) stopped",
         f"resume with: hvdtrain run {run_dir.recipe_file} --resume {run_dir.path}"])

@@ -14,10 +14,11 @@ from typing import Any
 
 from hvdtrain import __version__
 from hvdtrain.errors import UserError
-from hvdtrain.events import BEAT_INTERVAL, STOPPED_EXIT, Line, parse_line
+from hvdtrain.events import BEAT_INTERVAL, Event, Line, parse_line
 from hvdtrain.launcher.guard import Guard
 from hvdtrain.launcher.plan import Plan
 from hvdtrain.machine import installed_version
+from hvdtrain.manifest import STOPPED_EXIT, Manifest, Status, status_of_exit
 from hvdtrain.rundir import RunDir, checkpoint_position
 
 
@@ -59,7 +60,7 @@ class RankLogs:
             fh.close()
 
 
-def manifest(plan: Plan, started: float) -> dict[str, Any]:
+def manifest(plan: Plan, started: float) -> Manifest:
     return {
         "recipe": plan.recipe_name,
         "argv": plan.argv,
@@ -71,7 +72,7 @@ def manifest(plan: Plan, started: float) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "end_time": None,
-        "status": "running",  # then finished | failed | interrupted | killed
+        "status": Status.RUNNING,
         "exit_status": None,
         "launcher_pid": os.getpid(),
         "recipe_resolved": plan.recipe.model_dump(mode="json"),  # what the checkpoints depend on
@@ -100,9 +101,6 @@ def prepare_run_dir(plan: Plan) -> RunDir:
         raise UserError(f"cannot create run directory {folder.path}: {exc.strerror}: choose "
                         "another --run-dir (or launch.output_dir)") from None
     return folder
-
-
-INTERRUPTS = (128 + signal.SIGHUP, 128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 class StopRequest:
@@ -142,7 +140,7 @@ class _Stream:
     """Everything the launcher does with one line of horovodrun's output: per-rank logs, failure
     analysis, heartbeats, metrics and manifest facts, and the view."""
 
-    def __init__(self, plan: Plan, info: dict[str, Any], view: Any, metrics: Any,
+    def __init__(self, plan: Plan, info: Manifest, view: Any, metrics: Any,
                  logs: RankLogs) -> None:
         from hvdtrain.launcher.failure import Diagnosis, TracebackFolder
 
@@ -163,6 +161,9 @@ class _Stream:
         self.diagnosis.feed(line)
         for event in line.events:
             self._event(event, raw)
+        for problem in line.problems:  # an event this launcher cannot read: say which field
+            self.view.output(Line(None, "launcher", f"malformed event from rank {line.rank}: "
+                                  f"{problem}"))
         if line.events:
             self.metrics.flush()  # once per line: a held write carries many events
         elif line.rank is None and (self.launcher_traceback or _starts_traceback(line.text)):
@@ -171,7 +172,7 @@ class _Stream:
                 self.tracebacks.show(line.rank, line.text):
             self.view.output(line)
 
-    def _event(self, event: dict[str, Any], raw: str) -> None:
+    def _event(self, event: Event, raw: str) -> None:
         if event["event"] == "beat":
             self.beats[int(event["rank"])] = (time.monotonic(), event)
             return
@@ -213,8 +214,7 @@ def launch(plan: Plan, as_json: bool = False) -> int:
     if code != 0:
         lines += _resume_hint(plan)
     info["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    info["status"] = ("finished" if code == 0 else "stopped" if code == STOPPED_EXIT
-                      else "interrupted" if code in INTERRUPTS else "failed")
+    info["status"] = status_of_exit(code)
     info["exit_status"] = code
     info["failure"] = lines or None
     folder.write_manifest(info)
@@ -225,7 +225,7 @@ def launch(plan: Plan, as_json: bool = False) -> int:
     return code
 
 
-def _requeue(folder: RunDir, info: dict[str, Any]) -> list[str]:
+def _requeue(folder: RunDir, info: Manifest) -> list[str]:
     """Inside a Slurm job that was asked to stop: requeue it, so it starts again and resumes this
     run directory by itself (job.sbatch resumes when it finds a manifest). The manifest is final
     before Slurm ends this job; its SIGTERM is ignored for the moment this takes."""
@@ -301,7 +301,7 @@ def _starts_traceback(text: str) -> bool:
         text.startswith("Exception in thread")
 
 
-def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
+def _record(ev: Event, info: Manifest, metrics: Any) -> None:
     """Keep what the run directory needs from an event: metrics lines and manifest facts."""
     kind = ev["event"]
     if kind in ("step", "epoch", "reset"):
@@ -309,18 +309,13 @@ def _record(ev: dict[str, Any], info: dict[str, Any], metrics: Any) -> None:
     if kind == "reset":
         info.setdefault("resets", []).append(ev)
     elif kind == "start":
-        info["compression"] = ev.get("compression")
-        info["optimizer"] = ev.get("optimizer")
-        info["worker_hosts"] = ev.get("hosts")
-        info["devices"] = ev.get("devices")
-        info["host_memory"] = ev.get("host_memory")  # glibc's freed memory kept for reuse or not
-        info["classes"] = ev.get("classes")  # image folders: what the checkpoints' indices mean
+        info.update(wire=ev["wire"], fused=ev["fused"], worker_hosts=ev["hosts"],
+                    devices=ev["devices"], host_memory=ev["host_memory"], classes=ev["classes"])
     elif kind == "stopped":
         info["stopped"] = ev
     elif kind == "done":
-        info["param_hashes"] = ev.get("param_hashes")
-        info["replicas_identical"] = ev.get("replicas_identical")
-        info["final_eval_acc"] = ev.get("eval_acc")
+        info.update(param_hashes=ev["param_hashes"], replicas_identical=ev["replicas_identical"],
+                    final_eval_acc=ev["eval_acc"])
 
 
 def _resume_hint(plan: Plan) -> list[str]:

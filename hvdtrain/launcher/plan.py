@@ -24,10 +24,11 @@ from hvdtrain.recipe import (
     Recipe,
     load_recipe,
     lr_config,
+    recipe_steps_per_epoch,
     recipe_warnings,
 )
 from hvdtrain.rundir import RunDir, default_run_dir
-from hvdtrain.schedule import lr_at, peak_lr, steps_per_epoch, warmup_steps
+from hvdtrain.schedule import lr_at, peak_lr, warmup_steps
 
 # Training-split sizes, for the plan's steps per epoch. digits: scikit-learn's 1797 images with a
 # fixed stratified 80/20 split (data.py asserts the same numbers); mnist/cifar10: the standard files.
@@ -415,7 +416,7 @@ def build_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None
             "with fewer than 2 hosts\"): list two or more hosts, set elastic.host_discovery_script, "
             "or remove the elastic section")
     train_n, eval_n = sizes or dataset_sizes(recipe)
-    spe = steps_per_epoch(train_n, world, recipe)
+    spe = recipe_steps_per_epoch(recipe, train_n, world)
     cfg = lr_config(recipe)
     total = spe * recipe.train.epochs
     warm = min(warmup_steps(cfg, spe), total)

@@ -13,22 +13,20 @@ from typing import Any
 
 from hvdtrain.errors import UserError
 from hvdtrain.launcher.runs import describe
+from hvdtrain.manifest import Manifest, Status, setting
 from hvdtrain.rundir import RunDir
 
 # What a run is named by when runs differ in it (manifest or resolved-recipe values).
 DIFFERS = [("recipe", lambda m: m.get("recipe")), ("np", lambda m: m.get("np")),
-           ("compression", lambda m: (m.get("recipe_resolved") or {}).get("horovod", {})
-            .get("compression")),
-           ("precision", lambda m: (m.get("recipe_resolved") or {}).get("train", {})
-            .get("precision")),
-           ("base_lr", lambda m: (m.get("recipe_resolved") or {}).get("optimizer", {})
-            .get("base_lr"))]
+           ("compression", lambda m: setting(m, "horovod", "compression")),
+           ("precision", lambda m: setting(m, "train", "precision")),
+           ("base_lr", lambda m: setting(m, "optimizer", "base_lr"))]
 
 
 @dataclass
 class Run:
     folder: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     steps: list[dict[str, Any]] = field(default_factory=list)
     epochs: list[dict[str, Any]] = field(default_factory=list)
     skipped_lines: int = 0
@@ -36,7 +34,7 @@ class Run:
 
     @property
     def running(self) -> bool:
-        return self.manifest.get("status") == "running"
+        return self.manifest.get("status") == Status.RUNNING
 
 
 def load_run(path: str) -> Run:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hvdtrain.manifest import Status, setting, status_of
 from hvdtrain.rundir import RunDir
 
 
@@ -36,19 +37,15 @@ def describe(folder: Path) -> dict[str, Any] | None:
     info = RunDir(folder).read_manifest()
     if not isinstance(info, dict) or "argv" not in info:
         return _queued(folder)
-    status = info.get("status") or ("finished" if info.get("exit_status") == 0 else "failed")
-    if status == "running" and not _alive(info.get("launcher_pid")):
-        status = "killed"  # nothing runs it any more (hvdtrain died before recording the end)
-    if status == "stopped" and info.get("requeued"):
-        status = "requeued"  # Slurm starts it again; it resumes by itself
+    status = status_of(info, alive=_alive(info.get("launcher_pid")))
     epochs = [r for r in RunDir(folder).read_metrics()[0] if r.get("event") == "epoch"]
     accs = [e["eval_acc"] for e in epochs if isinstance(e.get("eval_acc"), (int, float))]
     start, end = _seconds(info.get("start_time")), _seconds(info.get("end_time"))
-    wall = None if not start or (end is None and status != "running") else \
+    wall = None if not start or (end is None and status is not Status.RUNNING) else \
         (end or time.time()) - start  # a killed run's end is unknown
-    total = ((info.get("recipe_resolved") or {}).get("train") or {}).get("epochs")
+    total = setting(info, "train", "epochs")
     return {"run_dir": str(folder), "name": folder.name, "recipe": info.get("recipe"),
-            "status": status, "np": info.get("np"),
+            "status": status.value, "np": info.get("np"),
             "hosts": [h.get("host") for h in info.get("hosts", []) if isinstance(h, dict)],
             "epochs_done": max((e.get("epoch", 0) for e in epochs), default=0),
             "epochs": total, "best_eval_acc": max(accs) if accs else None,
@@ -73,7 +70,7 @@ def _queued(folder: Path) -> dict[str, Any] | None:
         return None
     options = slurm.get("options") or {}
     return {"run_dir": str(folder), "name": folder.name, "recipe": Path(slurm["recipe"]).stem,
-            "status": f"queued (Slurm job {slurm.get('job_id')})",
+            "status": f"{Status.QUEUED} (Slurm job {slurm.get('job_id')})",
             "np": (options.get("nodes") or 0) * (options.get("ntasks_per_node") or 0),
             "hosts": [], "epochs_done": 0, "epochs": recipe.train.epochs, "best_eval_acc": None,
             "wall_seconds": None, "start_time": slurm.get("submitted")}

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from hvdtrain import events
 from hvdtrain.events import WorkerExit
 from hvdtrain.errors import UserError
-from hvdtrain.recipe import IN_MEMORY, Recipe, lr_config
+from hvdtrain.recipe import IN_MEMORY, Recipe, lr_config, recipe_steps_per_epoch
 from hvdtrain.rundir import RunDir, checkpoint_path
-from hvdtrain.schedule import LRConfig, lr_at, peak_lr, steps_per_epoch
+from hvdtrain.schedule import LRConfig, lr_at, peak_lr
 from hvdtrain.worker import checkpoint
 from hvdtrain.worker.board import Board, open_board
 from hvdtrain.worker.data import eval_shard
@@ -113,7 +113,7 @@ class Job:
 
     def steps_per_epoch(self) -> int:
         # Horovod: the current world size (it may change between epochs in elastic mode).
-        return steps_per_epoch(self.data.train_size, hvd.size(), self.recipe)
+        return recipe_steps_per_epoch(self.recipe, self.data.train_size, hvd.size())
 
 
 def pick_device(recipe: Recipe) -> torch.device:
@@ -233,15 +233,15 @@ def announce_start(job: Job, counters: Counters, hosts: list[str], restored_from
     devices = hvd.allgather_object(str(job.device))
     if hvd.rank() == 0:
         r, hv, size = job.recipe, job.recipe.horovod, hvd.size()
-        report = compression_report(job.optimizer, job.model)
-        events.emit("start", epochs=r.train.epochs, start_epoch=counters.epoch,
+        events.emit("start", schema=events.SCHEMA, epochs=r.train.epochs,
+                    start_epoch=counters.epoch,
                     start_step=counters.batch,
                     steps_per_epoch=job.steps_per_epoch(), world_size=size,
                     threads=torch.get_num_threads(), hosts=hosts, devices=devices,
                     host_memory=job.host_memory,
                     precision=r.train.precision,
-                    compression={"name": hv.compression, **report}, op=hv.op,
-                    optimizer={"name": r.optimizer.name, "fused": is_fused(job.optimizer)},
+                    wire=compression_report(job.optimizer, job.model), op=hv.op,
+                    fused=is_fused(job.optimizer),
                     base_lr=r.optimizer.base_lr, peak_lr=peak_lr(job.cfg, size),
                     params=sum(p.numel() for p in job.model.parameters()),
                     train_samples=job.data.train_size, eval_samples=job.data.eval_size,

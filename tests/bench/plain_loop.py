@@ -20,8 +20,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from hvdtrain.recipe import IN_MEMORY, Recipe, load_recipe
-from hvdtrain.schedule import steps_per_epoch
+from hvdtrain.recipe import IN_MEMORY, Recipe, load_recipe, recipe_steps_per_epoch
 from hvdtrain.worker.data import load_dataset
 from hvdtrain.worker.models import build_model
 from hvdtrain.worker.sources import loaded_datasets
@@ -62,7 +61,7 @@ def main(recipe_name: str, threads: int, *overrides: str) -> None:
     torch.manual_seed(recipe.train.seed)
     size, shape, classes, batches = (in_memory if recipe.data.dataset in IN_MEMORY
                                      else loaded)(recipe)
-    spe = steps_per_epoch(size, 1, recipe)
+    spe = recipe_steps_per_epoch(recipe, size, 1)
     model = build_model(recipe.model, shape, classes)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.optimizer.base_lr,
                           momentum=recipe.optimizer.momentum,
