@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from hvdtrain.manifest import Manifest
-from hvdtrain.recipe import LoadedRecipe, Recipe
+from hvdtrain.recipe import Recipe
+from hvdtrain.recipe_files import LoadedRecipe
 
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.pt$")
 CHECKPOINT_TMP_PREFIX = ".tmp-"  # a write in progress (or killed): never a valid checkpoint

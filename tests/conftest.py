@@ -27,12 +27,14 @@ def run_cli():
 
 
 def _job_processes() -> list[str]:
+    """This checkout's horovodrun and worker processes (its own .venv: another checkout's suite
+    may run on the same machine)."""
     import psutil
 
-    found = []
+    found, own = [], f"{ROOT}/"
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "hvdtrain.worker --run-dir" in cmd or "bin/horovodrun" in cmd:
+        if own in cmd and ("hvdtrain.worker --run-dir" in cmd or "bin/horovodrun" in cmd):
             found.append(f"{p.pid}: {cmd[:160]}")
     return found
 

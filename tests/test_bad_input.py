@@ -12,6 +12,9 @@ from conftest import _job_processes
 
 MARK = "/tmp/hvdtrain-pwned-marker"
 RECIPE = "error: recipe {root}/recipes/digits-cnn.yaml is invalid (1 problem):\n  "
+# One rule, one message: the recipe, the plan and each worker judge it with hvdtrain.rules.
+FP16 = ("train.precision=fp16 needs CUDA (fp16 autocast on CPUs is slow and unsupported for many "
+        "ops), but ")
 # Nine levels of nested aliases: gigabytes if expanded, refused while parsing.
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
@@ -204,14 +207,14 @@ CASES = [
      "error: data.component 'examples.custom_model:build' returned TinyMLPConv: it must return "
      "(train_dataset, val_dataset, num_classes)\n"),
     ("cuda-without-a-gpu", ["digits-cnn", "train.device=cuda"], {},
-     "error: train.device=cuda, but this machine has no NVIDIA GPU: use train.device=auto or cpu, "
-     "and train.precision=bf16 or fp32 on CPUs\n"),
+     "error: train.device=cuda, but this machine has no usable NVIDIA GPU: use train.device=auto "
+     "(CUDA where there is one, else CPU) or cpu\n"),
     ("fp16-on-cpu", ["digits-cnn", "train.device=cpu", "train.precision=fp16"], {},
-     RECIPE + "override 'train.precision=fp16': train: precision: fp16 needs CUDA (fp16 autocast "
-     "on CPU is slow and unsupported for many ops): use precision: bf16 on CPU\n"),
+     RECIPE + "override 'train.device=cpu': train: " + FP16 + "train.device is cpu: use "
+     "train.precision=bf16 or fp32 on CPUs\n"),
     ("fp16-on-a-machine-without-gpu", ["digits-cnn", "train.precision=fp16"], {},
-     "error: train.precision=fp16 (it runs on CUDA only), but this machine has no NVIDIA GPU: use "
-     "train.device=auto or cpu, and train.precision=bf16 or fp32 on CPUs\n"),
+     "error: " + FP16 + "this machine has no usable NVIDIA GPU: use train.precision=bf16 or fp32 "
+     "on CPUs\n"),
     # run directories that cannot be one
     ("run-dir-is-a-file", ["digits-cnn", "--run-dir", "{d}/f"], {"f": "x"},
      "error: run directory {d}/f is a file: choose another --run-dir (or launch.output_dir)\n"),
@@ -354,7 +357,7 @@ def test_validation_stays_fast_and_small_on_any_file(tmp_path: Path) -> None:
     (tmp_path / "bomb.yaml").write_text(BOMB)
     (tmp_path / "big.yaml").write_text("# x\n" * (1 << 18) + "data: {}\n")
     (tmp_path / "keys.yaml").write_text("data:\n" + "".join(f"  k{i}: {i}\n" for i in range(16000)))
-    code = ("import sys, time\nfrom hvdtrain.recipe import load_recipe\n"
+    code = ("import sys, time\nfrom hvdtrain.recipe_files import load_recipe\n"
             "t0 = time.process_time()\n"
             "for f in sys.argv[1:]:\n"
             "    try: load_recipe(f)\n"

@@ -10,10 +10,10 @@ import pytest
 from conftest import ROOT
 from rich.console import Console
 
-from hvdtrain.launcher.display import LiveView, PlainView
+from hvdtrain.launcher.runview import LiveView, PlainView
 from hvdtrain.events import MARKER, SCHEMA, encode, parse_line
-from hvdtrain.launcher.plan import build_plan
-from hvdtrain.recipe import load_recipe
+from hvdtrain.launcher.prelaunch import make_plan
+from hvdtrain.recipe_files import load_recipe
 
 RECORDED = (ROOT / "tests" / "data" / "recorded_digits_np2.txt").read_text().splitlines(True)
 STEP = {"epoch": 1, "step": 1, "steps": 22, "global_step": 1, "loss": 2.3, "acc": 0.1, "lr": 0.1,
@@ -188,7 +188,7 @@ def test_recorded_output_parses_into_the_expected_event_sequence() -> None:
 
 
 def _plan(tmp_path: Path):
-    return build_plan(load_recipe("digits-cnn", ["train.epochs=2"]), np=2, run_dir=tmp_path,
+    return make_plan(load_recipe("digits-cnn", ["train.epochs=2"]), np=2, run_dir=tmp_path,
                       python="/py", horovodrun="horovodrun")
 
 
@@ -236,7 +236,7 @@ def test_live_view_draws_bars_and_the_summary_table(tmp_path: Path) -> None:
 
 
 def test_run_json_view_is_json_lines(tmp_path: Path) -> None:
-    from hvdtrain.launcher.display import JsonView
+    from hvdtrain.launcher.runview import JsonView
 
     out = io.StringIO()
     import contextlib

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from hvdtrain.recipe import load_recipe
+from hvdtrain.recipe_files import load_recipe
 from hvdtrain.worker.faults import ENV, Fault, FaultHooks, Hooks, from_env
 from hvdtrain.worker.models import build_model
 

@@ -36,7 +36,7 @@ def test_scan_reads_the_layout_with_sorted_classes(folder: Path) -> None:
 
 def test_bench_counts_the_classes_scan_would_use(folder: Path, tmp_path: Path) -> None:
     from hvdtrain.launcher.bench import image_classes
-    from hvdtrain.recipe import load_recipe
+    from hvdtrain.recipe_files import load_recipe
 
     def classes(data_dir: Path) -> int | None:
         return image_classes(load_recipe("imagefolder-resnet", [f"data.data_dir={data_dir}"]).recipe)
@@ -187,12 +187,14 @@ SEEN = dict(local_rank=1, local_size=2, host="node1")
     ("auto", "bf16", True, 2, "cuda:1"),
     ("cpu", "fp32", True, 2, "cpu"),
     ("cuda", "fp16", True, 4, "cuda:1"),
-    ("cuda", "fp32", False, 0, "train.device=cuda, but host node1 has no usable CUDA device: use "
+    ("cuda", "fp32", False, 0, "train.device=cuda, but host node1 has no usable NVIDIA GPU: use "
                                "train.device=auto (CUDA where there is one, else CPU) or cpu"),
     ("auto", "fp32", True, 1, "2 ranks on host node1 but 1 GPU(s): hvdtrain runs one GPU per "
-                              "process; give that host at most 1 slot(s), or set train.device=cpu"),
-    ("auto", "fp16", False, 0, "train.precision=fp16 needs CUDA, and this rank computes on the CPU "
-                               "of node1: use train.precision=bf16 on CPUs"),
+                              "process; give it at most 1 slot(s) (--np 1 on one machine), or set "
+                              "train.device=cpu"),
+    ("auto", "fp16", False, 0, "train.precision=fp16 needs CUDA (fp16 autocast on CPUs is slow and "
+                               "unsupported for many ops), but host node1 has no usable NVIDIA "
+                               "GPU: use train.precision=bf16 or fp32 on CPUs"),
 ])
 def test_device_choice(setting: str, precision: str, cuda: bool, gpus: int, expected: str) -> None:
     seen = Seen(cuda_available=cuda, gpu_count=gpus, **SEEN)

@@ -14,7 +14,7 @@ import pytest
 # back each step as Horovod's fp16 compression does; the median of minor page faults per step.
 STEP_FAULTS = """
 import resource, torch
-from hvdtrain.recipe import load_recipe
+from hvdtrain.recipe_files import load_recipe
 from hvdtrain.worker.memory import keep_freed_memory
 from hvdtrain.worker.models import build_model
 

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from hvdtrain.recipe import load_recipe
+from hvdtrain.recipe_files import load_recipe
 from hvdtrain.worker.models import build_model
 from hvdtrain.worker.optim import FiniteCheck, can_fuse, gradient_groups, is_fused, make_optimizer
 

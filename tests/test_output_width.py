@@ -8,10 +8,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hvdtrain.launcher import display
+from hvdtrain.launcher import display, runview
 from hvdtrain.launcher.hosts import parse_hosts_arg
-from hvdtrain.launcher.plan import build_plan
-from hvdtrain.recipe import load_recipe
+from hvdtrain.launcher.prelaunch import make_plan
+from hvdtrain.recipe_files import load_recipe
 from hvdtrain.setup.doctor import Check
 
 LONG = ["node-0001.rack-17.datacenter-west.example.org", "127.0.0.9",
@@ -43,7 +43,7 @@ def test_preflight_keeps_host_names_whole() -> None:
 
 def test_plan_and_hosts_keep_host_names_and_paths_whole(tmp_path: Path) -> None:
     run_dir = tmp_path / "a-run-directory-with-a-rather-long-name-20261125-091016"
-    plan = build_plan(load_recipe("digits-cnn"), np=3, hosts=",".join(f"{h}:1" for h in LONG),
+    plan = make_plan(load_recipe("digits-cnn"), np=3, hosts=",".join(f"{h}:1" for h in LONG),
                       run_dir=run_dir)
     whole(render(lambda c: display.print_plan(c, plan)), [*LONG, str(run_dir)])
     listed = parse_hosts_arg(",".join(f"{h}:1" for h in LONG))
@@ -60,5 +60,5 @@ def test_doctor_recipes_and_the_summary_table_fit() -> None:
     whole(render(lambda c: c.print(display.recipes_table(rows))), ["imagefolder-resnet"])
     epochs = [{"epoch": 1, "train_loss": 2.28, "train_acc": 0.13, "eval_loss": None,
                "eval_acc": None, "seconds": 0.5, "images_per_s": 4459.0}]
-    lines = render(lambda c: c.print(display.summary_table(epochs)))
+    lines = render(lambda c: c.print(runview.summary_table(epochs)))
     assert all(len(line) <= 80 for line in lines) and any("4,459" in line for line in lines)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hvdtrain.recipe import load_recipe, lr_config
+from hvdtrain.recipe import lr_config
+
+from hvdtrain.recipe_files import load_recipe
 from hvdtrain.schedule import lr_at
 
 pytestmark = pytest.mark.horovod

@@ -11,8 +11,10 @@ import pytest
 
 from hvdtrain.errors import UserError
 from hvdtrain.launcher.hosts import Host
-from hvdtrain.launcher.plan import build_argv, build_plan, placement
-from hvdtrain.recipe import Recipe, load_recipe
+from hvdtrain.launcher.plan import build_argv, placement
+from hvdtrain.launcher.prelaunch import make_plan
+from hvdtrain.recipe import Recipe
+from hvdtrain.recipe_files import load_recipe
 
 WORKER = ["/py", "-m", "hvdtrain.worker", "--run-dir", "/runs/x"]
 TUNING_DEFAULTS = ["--start-timeout", "30", "--fusion-threshold-mb", "128", "--cycle-time-ms", "1",
@@ -98,7 +100,7 @@ def test_a_discovery_script_path_with_a_space_reaches_the_shell_as_one_word(tmp_
 
 def test_env_passing_goes_through_the_process_environment(tmp_path: Path) -> None:
     loaded = load_recipe("digits-cnn", ["launch.env={NCCL_DEBUG: INFO, MY_FLAG: 'a b;c'}"])
-    plan = build_plan(loaded, np=2, run_dir=tmp_path, python="/py", horovodrun="horovodrun")
+    plan = make_plan(loaded, np=2, run_dir=tmp_path, python="/py", horovodrun="horovodrun")
     assert plan.env == {"NCCL_DEBUG": "INFO", "MY_FLAG": "a b;c"}
     assert not any("MY_FLAG" in a for a in plan.argv)  # data, never spliced into the command
 
@@ -139,7 +141,7 @@ def test_horovods_own_parser_accepts_a_maximal_argv(monkeypatch) -> None:
 @pytest.mark.parametrize("name", ["digits-cnn", "synthetic-bench", "mnist-cnn", "cifar10-resnet"])
 def test_horovods_parser_accepts_every_shipped_recipes_plan(name: str, monkeypatch,
                                                              tmp_path: Path) -> None:
-    plan = build_plan(load_recipe(name), np=2, hosts="localhost:2", run_dir=tmp_path)
+    plan = make_plan(load_recipe(name), np=2, hosts="localhost:2", run_dir=tmp_path)
     a = parse_with_horovod(plan.argv, monkeypatch)
     assert (a.num_proc, a.hosts, a.use_gloo) == (2, "localhost:2", True)
     assert a.hierarchical_allreduce is False
@@ -154,7 +156,7 @@ def test_mpi_argv_parses(monkeypatch) -> None:
 
 
 def test_derived_numbers_for_digits(tmp_path: Path) -> None:
-    plan = build_plan(load_recipe("digits-cnn", ["optimizer.base_lr=0.05"]), np=2, run_dir=tmp_path,
+    plan = make_plan(load_recipe("digits-cnn", ["optimizer.base_lr=0.05"]), np=2, run_dir=tmp_path,
                       python="/py")
     assert (plan.np, plan.batch_size, plan.global_batch) == (2, 32, 64)
     assert plan.steps_per_epoch == 1437 // 2 // 32 == 22
@@ -175,22 +177,22 @@ def test_np_sources_and_host_filling(tmp_path: Path) -> None:
     hf = tmp_path / "hf"
     hf.write_text("a slots=2\nb slots=2\nc slots=2\n")
     loaded = load_recipe("digits-cnn", ["launch.np=null"])
-    assert build_plan(loaded, hostfile=str(hf), run_dir=tmp_path).np == 6  # total slots
-    plan = build_plan(loaded, np=3, hostfile=str(hf), run_dir=tmp_path)  # --np wins
+    assert make_plan(loaded, hostfile=str(hf), run_dir=tmp_path).np == 6  # total slots
+    plan = make_plan(loaded, np=3, hostfile=str(hf), run_dir=tmp_path)  # --np wins
     assert plan.argv[1:5] == ["-np", "3", "-H", "a:2,b:1"]
     assert [(p.rank, p.host, p.local_rank) for p in plan.placement] == [(0, "a", 0), (1, "a", 1),
                                                                         (2, "b", 0)]
-    plan = build_plan(load_recipe("digits-cnn", ["launch.np=4"]), hostfile=str(hf), run_dir=tmp_path)
+    plan = make_plan(load_recipe("digits-cnn", ["launch.np=4"]), hostfile=str(hf), run_dir=tmp_path)
     assert plan.argv[1:5] == ["-np", "4", "-H", "a:2,b:2"]  # the recipe's np
     with pytest.raises(UserError, match=r"^np=7 needs more slots than .*hf has \(6\)"):
-        build_plan(loaded, np=7, hostfile=str(hf), run_dir=tmp_path)
+        make_plan(loaded, np=7, hostfile=str(hf), run_dir=tmp_path)
     with pytest.raises(UserError, match=r"^give either --hosts or --hostfile, not both$"):
-        build_plan(loaded, hosts="a:1", hostfile=str(hf), run_dir=tmp_path)
+        make_plan(loaded, hosts="a:1", hostfile=str(hf), run_dir=tmp_path)
 
 
 def test_batch_larger_than_shard_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(UserError) as info:
-        build_plan(load_recipe("digits-cnn", ["data.batch_size=1000"]), np=2, run_dir=tmp_path)
+        make_plan(load_recipe("digits-cnn", ["data.batch_size=1000"]), np=2, run_dir=tmp_path)
     assert str(info.value) == ("data.batch_size=1000 is larger than each worker's share of the 1437 "
                                "training samples (718 with np=2): lower data.batch_size or the "
                                "number of processes")
@@ -198,7 +200,7 @@ def test_batch_larger_than_shard_is_an_error(tmp_path: Path) -> None:
 
 def test_elastic_on_one_host_fails_before_launch(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"^elastic training needs at least 2 hosts"):
-        build_plan(load_recipe("digits-cnn", ["elastic={min_np: 1}"]), np=2, run_dir=tmp_path)
+        make_plan(load_recipe("digits-cnn", ["elastic={min_np: 1}"]), np=2, run_dir=tmp_path)
 
 
 def test_plan_and_dry_run_print_the_same_and_launch_nothing(run_cli, tmp_path: Path) -> None:
@@ -247,3 +249,20 @@ def test_dry_run_of_a_resume_shows_the_real_argv(run_cli, tmp_path: Path) -> Non
                             "name different directories: --resume continues the run in its own "
                             "directory; drop --run-dir\n")
     assert json.loads(other.stdout) == {"ok": False, "errors": [other.stderr[7:-1]]}
+
+
+def test_the_pre_launch_checks_report_every_problem_at_once(tmp_path: Path) -> None:
+    """Facts in, messages out (hvdtrain/launcher/checks.py): a machine with no GPU, little memory
+    and a Horovod without MPI, for a recipe that wants all three."""
+    from hvdtrain.launcher.checks import Machine, machine_problems
+
+    plan = make_plan(load_recipe("digits-cnn", ["train.device=cuda", "launch.controller=mpi"]),
+                     np=2, run_dir=tmp_path)
+    machine = Machine(gpus=0, memory_bytes=1 << 10, build={"controllers": {"gloo": True,
+                                                                           "mpi": False}})
+    assert [p.split(",")[0] for p in machine_problems(plan, machine)] == [
+        "launch.controller=mpi", "train.device=cuda", "the data set needs about 0.0 GiB in every "
+        "worker (0.0 GiB for the 2 worker(s) on localhost)"]
+    enough = Machine(gpus=2, memory_bytes=1 << 40, build={"controllers": {"gloo": True,
+                                                                          "mpi": True}})
+    assert machine_problems(plan, enough) == []

@@ -10,7 +10,8 @@ import yaml
 from conftest import ROOT
 
 from hvdtrain.errors import UserError
-from hvdtrain.recipe import Recipe, load_recipe, shipped_recipes
+from hvdtrain.recipe import Recipe
+from hvdtrain.recipe_files import load_recipe, shipped_recipes
 
 
 def test_six_recipes_ship_and_every_one_validates() -> None:

@@ -9,7 +9,9 @@ import pytest
 import torch
 import yaml
 
-from hvdtrain.recipe import Recipe, load_recipe, lr_config
+from hvdtrain.recipe import Recipe, lr_config
+
+from hvdtrain.recipe_files import load_recipe
 from hvdtrain.schedule import lr_at
 
 pytestmark = pytest.mark.horovod

@@ -74,6 +74,17 @@ def compression(item: str) -> str:
     return item
 
 
+def check_options(*, reference: str | None, warmup: int, steps: int, rounds: int) -> None:
+    """The numeric options and --reference, refused with the bounds before anything runs."""
+    if reference not in (None, "ddp"):
+        raise UserError(f"--reference {reference!r}: the only reference is ddp (torchrun + "
+                        "DistributedDataParallel)")
+    for flag, value, low, high in (("--warmup", warmup, 0, 100_000), ("--steps", steps, 1, 100_000),
+                                   ("--rounds", rounds, 1, 100)):
+        if not low <= value <= high:
+            raise UserError(f"{flag} must be between {low} and {high}, got {value}")
+
+
 def configs(nps: list[int], comps: list[str], reference: str | None) -> list[Config]:
     out = [Config("hvdtrain", n, c) for c in comps for n in nps]
     if reference == "ddp":

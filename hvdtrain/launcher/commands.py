@@ -42,7 +42,7 @@ def doctor(as_json: bool) -> int:
 
 def recipes(as_json: bool) -> int:
     from hvdtrain.launcher.display import recipes_table
-    from hvdtrain.recipe import load_recipe, shipped_recipes
+    from hvdtrain.recipe_files import load_recipe, shipped_recipes
 
     rows = []
     for path in shipped_recipes():
@@ -59,7 +59,7 @@ def recipes(as_json: bool) -> int:
 
 
 def show(recipe: str, overrides: list[str], as_json: bool) -> int:
-    from hvdtrain.recipe import load_recipe
+    from hvdtrain.recipe_files import load_recipe
 
     loaded = load_recipe(recipe, overrides)
     if as_json:
@@ -88,12 +88,12 @@ def validate(recipe_files: list[str], hostfile: str | None, as_json: bool) -> in
 
 def _validate_one(source: str, load_recipe: bool) -> dict:
     """One file's validation result: a recipe, or (``load_recipe=False``) a hostfile."""
-    from hvdtrain import recipe
+    from hvdtrain import recipe, recipe_files
     from hvdtrain.launcher.hosts import parse_hostfile
 
     try:
-        warnings = (recipe.recipe_warnings(recipe.load_recipe(source, []).recipe) if load_recipe
-                    else list(parse_hostfile(source).warnings))
+        warnings = (recipe.recipe_warnings(recipe_files.load_recipe(source, []).recipe)
+                    if load_recipe else list(parse_hostfile(source).warnings))
     except UserError as exc:
         return {"source": source, "ok": False, "errors": exc.lines(), "warnings": []}
     return {"source": source, "ok": True, "errors": [], "warnings": warnings}
@@ -192,7 +192,8 @@ def plan(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None
          hostfile: str | None, run_dir: str | None = None, resume: str | None = None,
          slurm: bool | None = None, as_json: bool = False) -> int:
     """Print what `run` would launch (also `run --dry-run`); launches and writes nothing."""
-    from hvdtrain.launcher.plan import plan_dict, plan_run
+    from hvdtrain.launcher.plan import plan_dict
+    from hvdtrain.launcher.prelaunch import plan_run
 
     the_plan = plan_run(recipe, overrides, np=np, hosts=hosts, hostfile=hostfile,
                         run_dir=run_dir, resume=resume, slurm=slurm)
@@ -210,14 +211,14 @@ def run(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None,
         as_json: bool, slurm: bool | None = None) -> int:
     """Plan, check remote hosts, launch, draw; returns the run's exit code."""
     from hvdtrain.launcher.launch import StopRequest, launch
-    from hvdtrain.launcher.plan import plan_run
+    from hvdtrain.launcher.prelaunch import plan_run
 
     StopRequest.install()  # from here on, SIGUSR1 means "checkpoint and stop", never death
 
     the_plan = plan_run(recipe, overrides, np=np, hosts=hosts, hostfile=hostfile,
                         run_dir=run_dir, resume=resume, slurm=slurm)
     if the_plan.resume and the_plan.epochs_done >= the_plan.recipe.train.epochs:
-        from hvdtrain.launcher.plan import nothing_to_do
+        from hvdtrain.launcher.checks import nothing_to_do
 
         typer.echo(json.dumps({"event": "exit", "code": 0, "message": nothing_to_do(the_plan)})
                    if as_json else nothing_to_do(the_plan))
@@ -259,7 +260,7 @@ def sbatch(recipe: str, overrides: list[str], *, run_dir: str | None, dry_run: b
     from pathlib import Path
 
     from hvdtrain.launcher import sbatch as sb
-    from hvdtrain.launcher.plan import plan_run
+    from hvdtrain.launcher.prelaunch import plan_run
     from hvdtrain.rundir import RunDir
 
     opts = sb.SbatchOptions(**options)
@@ -318,19 +319,13 @@ def bench(recipe: str, overrides: list[str], *, np: str, compression: str, hosts
     from pathlib import Path
 
     from hvdtrain.launcher import bench as b
-    from hvdtrain.launcher.plan import resolve_hosts
-    from hvdtrain.recipe import load_recipe
+    from hvdtrain.launcher.prelaunch import resolve_hosts
+    from hvdtrain.recipe_files import load_recipe
     from hvdtrain.rundir import RunDir, default_run_dir
 
     nps = b.parse_list("--np", np, b.positive, "a number of processes >= 1")
     comps = b.parse_list("--compression", compression, b.compression, "fp16 or none")
-    if reference not in (None, "ddp"):
-        raise UserError(f"--reference {reference!r}: the only reference is ddp (torchrun + "
-                        "DistributedDataParallel)")
-    for flag, value, low, high in (("--warmup", warmup, 0, 100_000), ("--steps", steps, 1, 100_000),
-                                   ("--rounds", rounds, 1, 100)):
-        if not low <= value <= high:
-            raise UserError(f"{flag} must be between {low} and {high}, got {value}")
+    b.check_options(reference=reference, warmup=warmup, steps=steps, rounds=rounds)
     loaded = load_recipe(recipe, overrides)
     host_list = resolve_hosts(loaded.recipe, max(nps), hosts, hostfile, slurm=False)
     if max(nps) > host_list.total_slots:
@@ -352,8 +347,7 @@ def bench(recipe: str, overrides: list[str], *, np: str, compression: str, hosts
     rows = b.run_all(folder, loaded.recipe, host_list, todo, warmup, steps, progress, rounds)
     meta = {"recipe": loaded.name, "overrides": overrides, "hosts": host_list.source,
             "warmup": warmup, "steps": steps, "rounds": rounds,
-            "batch_size": loaded.recipe.data.batch_size,
-            "cpu_count": os.cpu_count()}
+            "batch_size": loaded.recipe.data.batch_size, "cpu_count": os.cpu_count()}
     path = b.write(folder, meta, rows)
     if as_json:
         _echo_json({"ok": all("error" not in r for r in rows), "path": str(path), **meta,

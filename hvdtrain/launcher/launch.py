@@ -191,7 +191,7 @@ def launch(plan: Plan, as_json: bool = False) -> int:
     stderr lines); SIGINT/SIGTERM stop every worker and exit 130/143; a run that makes no progress
     for ``train.watchdog_seconds`` is stopped (exit 124). No worker outlives this function.
     """
-    from hvdtrain.launcher.display import make_view
+    from hvdtrain.launcher.runview import make_view
 
     folder = prepare_run_dir(plan)
     info = manifest(plan, time.time())

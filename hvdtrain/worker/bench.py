@@ -65,7 +65,7 @@ def timed_steps(step, warmup: int, steps: int) -> tuple[float, float]:
 def horovod_run(recipe: Recipe, warmup: int, steps: int, classes: int | None) -> dict:
     import horovod.torch as hvd
 
-    from hvdtrain.worker.loop import share_cores
+    from hvdtrain.worker.job import share_cores
     from hvdtrain.worker.memory import keep_freed_memory
     from hvdtrain.worker.optim import compression_report, distributed_optimizer
 

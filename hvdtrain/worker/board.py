@@ -1,7 +1,8 @@
 """TensorBoard curves from rank 0, in ``RUN_DIR/tensorboard/`` (as Horovod's PyTorch example and
-Lightning do): loss, accuracy and the LR per log window (every step cost ~70 us a scalar, 2 % of a
-digits step; the warmup still shows), eval loss and accuracy, images/s, epoch time and the share of
-it spent waiting for data. Held and flushed every ``HOLD`` seconds at most (see there).
+Lightning do): loss, accuracy and the LR per log window (per step cost 2 % of a digits step), eval
+loss and accuracy, images/s, epoch time and the share of it spent waiting for data. Held and
+flushed every ``HOLD`` seconds at most: TensorBoard's writer thread takes the GIL from training
+(the numbers: docs/performance.md, "TensorBoard").
 ``train.tensorboard: false``, another rank, or no tensorboard package: every call does nothing."""
 
 from __future__ import annotations
@@ -11,16 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Seconds summaries are held before they go to the writer, and between two flushes to disk.
-# SummaryWriter's writer thread wakes (and takes the GIL from the training thread) ~3 times per
-# summary: digits at np=1 logged ~60 windows a second (log_interval 5), and with every one handed
-# over at once its main thread lost the GIL ~170 times a second (with TensorBoard off: ~30); the
-# end-of-epoch flush waited for that thread 5 times a second.
+# Seconds summaries are held before they go to the writer, and between two flushes to disk: each
+# hand-over wakes SummaryWriter's thread, which takes the GIL from training.
 HOLD = 2.0
-# Records SummaryWriter's queue takes before a hand-over has to wait for its writer thread. Its
-# default, 10, made every hand-over of a held batch wait record by record, the two threads passing
-# the GIL back and forth (writer thread ~90 involuntary switches a second on digits at np=1, the
-# training thread blocked ~100 more times a second than with TensorBoard off); a few KB a record.
+# Records SummaryWriter's queue takes before a hand-over waits for its writer thread (its default,
+# 10, made every hand-over wait record by record); a few KB a record.
 QUEUE = 100_000
 
 
@@ -31,9 +27,9 @@ class Board:
         self.handed = self.flushed = -math.inf  # when they last were, and last flushed to disk
 
     def scalars(self, step: int, **values: float | None) -> None:
-        """One event holding every value (``a__b`` is tag ``a/b``; None is left out): four
-        ``add_scalar`` calls took ~240 us, one summary of four values ~55 us. Handed to the writer
-        at most every ``HOLD`` seconds."""
+        """One event holding every value (``a__b`` is tag ``a/b``; None is left out), a quarter
+        of the cost of one ``add_scalar`` per value. Handed to the writer at most every ``HOLD``
+        seconds."""
         if self.writer is None:
             return
         from tensorboard.compat.proto.summary_pb2 import Summary

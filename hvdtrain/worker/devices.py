@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from hvdtrain.errors import UserError
+from hvdtrain.rules import device_problems
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -27,17 +28,10 @@ class Seen:
 
 def choose_device(setting: str, precision: str, seen: Seen) -> torch.device:
     """``train.device`` (auto | cpu | cuda) -> this rank's device, or a ``UserError`` saying why not."""
-    cuda = setting == "cuda" or (setting == "auto" and seen.cuda_available)
-    if cuda and not seen.cuda_available:
-        raise UserError(f"train.device=cuda, but host {seen.host} has no usable CUDA device: use "
-                        "train.device=auto (CUDA where there is one, else CPU) or cpu")
-    if cuda and seen.local_size > seen.gpu_count:
-        raise UserError(f"{seen.local_size} ranks on host {seen.host} but {seen.gpu_count} GPU(s): "
-                        "hvdtrain runs one GPU per process; give that host at most "
-                        f"{seen.gpu_count} slot(s), or set train.device=cpu")
-    if not cuda and precision == "fp16":
-        raise UserError(f"train.precision=fp16 needs CUDA, and this rank computes on the CPU of "
-                        f"{seen.host}: use train.precision=bf16 on CPUs")
+    gpus = seen.gpu_count if seen.cuda_available else 0
+    for problem in device_problems(setting, precision, gpus, seen.local_size, f"host {seen.host}"):
+        raise UserError(problem)
+    cuda = setting == "cuda" or (setting == "auto" and gpus > 0)
     return torch.device("cuda", seen.local_rank) if cuda else torch.device("cpu")
 
 

@@ -17,7 +17,9 @@ import horovod.torch as hvd
 
 from hvdtrain import events
 from hvdtrain.events import WorkerExit
-from hvdtrain.worker.loop import Job, announce_start, restore, share_cores, train_epochs
+from hvdtrain.worker.job import Job, share_cores
+from hvdtrain.worker.loop import train_epochs
+from hvdtrain.worker.resume import announce_start, restore
 
 
 @dataclass

@@ -5,7 +5,9 @@ from __future__ import annotations
 import horovod.torch as hvd
 
 from hvdtrain.events import WorkerExit
-from hvdtrain.worker.loop import Job, Progress, announce_start, restore, share_cores, train_epochs
+from hvdtrain.worker.job import Job, Progress, share_cores
+from hvdtrain.worker.loop import train_epochs
+from hvdtrain.worker.resume import announce_start, restore
 
 
 def run(job: Job, resume: bool) -> int:

@@ -50,7 +50,7 @@ def run(run_dir: Path, resume: bool) -> int:
     from hvdtrain.worker import elastic, fixed
     from hvdtrain.worker.faults import from_env
     from hvdtrain.worker.heartbeat import Heartbeat
-    from hvdtrain.worker.loop import build_job
+    from hvdtrain.worker.job import build_job
 
     folder = RunDir(run_dir)
     recipe = folder.read_recipe()

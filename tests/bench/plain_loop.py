@@ -20,7 +20,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from hvdtrain.recipe import IN_MEMORY, Recipe, load_recipe, recipe_steps_per_epoch
+from hvdtrain.recipe import IN_MEMORY, Recipe, recipe_steps_per_epoch
+
+from hvdtrain.recipe_files import load_recipe
 from hvdtrain.worker.data import load_dataset
 from hvdtrain.worker.models import build_model
 from hvdtrain.worker.sources import loaded_datasets

@@ -1,0 +1,129 @@
+"""Pre-launch checks as pure judges: each takes facts already gathered (hvdtrain/launcher/
+prelaunch.py gathers them: hostfiles, device files, memory, how Horovod was built) and returns
+its problems as a list of messages, [] when all is well, so `plan` and `run` report every problem
+at once. Rules the workers judge too live in hvdtrain/rules.py, written once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hvdtrain.launcher.plan import Plan
+from hvdtrain.recipe import IN_MEMORY, Recipe
+from hvdtrain.rules import device_problems
+
+# Keys a checkpoint depends on: changing them between runs makes the saved state unusable.
+RESUME_BOUND = ("model", "data.dataset", "data.synthetic.image_shape", "data.synthetic.num_classes",
+                "optimizer.name")
+LOCAL = ("localhost", "127.0.0.1")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """This machine, as the checks need it."""
+
+    gpus: int  # NVIDIA device files (/dev/nvidia0, ...)
+    memory_bytes: int
+    build: dict | None  # how the installed Horovod was built (None: not recorded)
+
+
+def machine_problems(plan: Plan, machine: Machine) -> list[str]:
+    """Everything this machine can tell before launch."""
+    return [*controller_problems(plan.recipe, machine.build), *gpu_problems(plan, machine.gpus),
+            *memory_problems(plan, machine.memory_bytes)]
+
+
+def controller_problems(recipe: Recipe, build: dict | None) -> list[str]:
+    """launch.controller must be one the installed Horovod was built with (recorded at install)."""
+    controller = recipe.launch.controller
+    if build is None or build.get("controllers", {}).get(controller, True):
+        return []
+    have = ", ".join(k for k, v in build["controllers"].items() if v) or "none"
+    return [f"launch.controller={controller}, but the installed Horovod was built without "
+            f"{controller.upper()} (controllers: {have}): use launch.controller=gloo, or rebuild "
+            f"Horovod with {'mpicxx' if controller == 'mpi' else controller} available "
+            "(python -m hvdtrain.setup.horovod_build --force)"]
+
+
+def gpu_problems(plan: Plan, gpus: int) -> list[str]:
+    """When every rank runs on this machine, its GPUs decide (remote hosts: their workers do)."""
+    if not all(h.name in LOCAL for h in plan.hosts):
+        return []
+    train = plan.recipe.train
+    return device_problems(train.device, train.precision, gpus, plan.np, "this machine")
+
+
+def dataset_bytes(recipe: Recipe, sizes: tuple[int, int]) -> int:
+    """Bytes one worker holds for its in-memory data set (float32 images, int64 labels); 0 for
+    data read from files as it is needed (image folders, components)."""
+    data = recipe.data
+    if data.dataset not in IN_MEMORY:
+        return 0
+    if data.dataset == "synthetic":
+        c, h, w = data.synthetic.image_shape
+        per_image = c * h * w
+    else:
+        per_image = {"digits": 64, "mnist": 28 * 28, "cifar10": 3 * 32 * 32}[data.dataset]
+    return sum(sizes) * (4 * per_image + 8)
+
+
+def memory_problems(plan: Plan, total: int) -> list[str]:
+    """Every worker loads the whole data set into memory: refuse what cannot fit on a host (each
+    host is assumed to have this machine's memory)."""
+    per_worker = dataset_bytes(plan.recipe, (plan.train_samples, plan.eval_samples))
+    busiest = max(plan.hosts, key=lambda h: h.slots)
+    need = per_worker * busiest.slots
+    if need <= total:
+        return []
+    gib = 1 << 30
+    return [f"the data set needs about {per_worker / gib:,.1f} GiB in every worker "
+            f"({need / gib:,.1f} GiB for the {busiest.slots} worker(s) on {busiest.name}), more "
+            f"than this machine's {total / gib:,.1f} GiB: lower data.synthetic.train_samples / "
+            "eval_samples or image_shape, or use fewer workers per host"]
+
+
+def discovery_problems(script: str, is_file: bool, executable: bool) -> list[str]:
+    """horovodrun runs ``elastic.host_discovery_script`` on this host: an executable file."""
+    if not is_file:
+        return [f"elastic.host_discovery_script {script!r} is not a file: give the path of an "
+                "executable script that prints one 'host:slots' per line (a command with "
+                "arguments is not allowed: put it in a script)"]
+    if not executable:
+        import shlex
+
+        return [f"elastic.host_discovery_script {script} is not executable: "
+                f"chmod +x {shlex.quote(script)}"]
+    return []
+
+
+def _flatten(data: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(data, dict):
+        out: dict[str, object] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def resume_conflicts(saved: Recipe, new: Recipe) -> list[str]:
+    """Dotted keys (with old -> new values) that differ where the checkpoint depends on them."""
+    a, b = _flatten(saved.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == bound or key.startswith(bound + ".") for bound in RESUME_BOUND) \
+                and a.get(key) != b.get(key):
+            out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return out
+
+
+def class_changes(recorded: list[str] | None, now: list[str], data_dir: str) -> list[str]:
+    """An image folder whose classes differ from the ones the checkpoints were trained with."""
+    if recorded is None or now == recorded:
+        return []
+    return [f"classes in {data_dir}/train: added {sorted(set(now) - set(recorded))}, "
+            f"removed {sorted(set(recorded) - set(now))} (class indices would no longer match)"]
+
+
+def nothing_to_do(plan: Plan) -> str:
+    return (f"nothing to do: {plan.run_dir} has completed {plan.epochs_done} epoch(s) and "
+            f"train.epochs is {plan.recipe.train.epochs}; to train longer, resume with a larger "
+            f"train.epochs, e.g. train.epochs={plan.epochs_done + plan.recipe.train.epochs}")

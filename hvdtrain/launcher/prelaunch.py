@@ -1,0 +1,186 @@
+"""`plan` and `run` before anything starts: gather the facts (the recipe, hostfiles or the Slurm
+allocation, data-set sizes, the components' probe, this machine), build the plan from them
+(``build_plan`` is pure), and judge them (hvdtrain/launcher/checks.py), reporting every problem
+at once. The only module of the planning path that reads files or runs anything; no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hvdtrain.errors import UserError
+from hvdtrain.imagefolder import scan
+from hvdtrain.launcher import checks
+from hvdtrain.launcher.hosts import Host, HostList, parse_hostfile, parse_hosts_arg
+from hvdtrain.launcher.plan import DATASET_SIZES, Plan, build_plan, default_horovodrun
+from hvdtrain.launcher.slurm import allocation_hosts, in_allocation
+from hvdtrain.machine import horovod_build_info
+from hvdtrain.recipe import Recipe
+from hvdtrain.recipe_files import LoadedRecipe, load_recipe
+from hvdtrain.rundir import RunDir, default_run_dir
+
+
+def plan_run(recipe: str, overrides: list[str] | None = None, *, np: int | None = None,
+             hosts: str | None = None, hostfile: str | None = None, run_dir: str | None = None,
+             resume: str | None = None, slurm: bool | None = None) -> Plan:
+    """What `hvdtrain plan` / `hvdtrain run` would launch: a new run in ``run_dir`` (default
+    ``<launch.output_dir>/<recipe>-<timestamp>``), or the continuation of the run in ``resume``."""
+    loaded = load_recipe(recipe, overrides or [])
+    if resume:
+        folder = Path(resume).resolve()
+        check_resumable(RunDir(folder), loaded.recipe, resume)
+        if run_dir and Path(run_dir).resolve() != folder:
+            raise UserError(f"--run-dir {run_dir} and --resume {resume} name different directories: "
+                            "--resume continues the run in its own directory; drop --run-dir")
+    else:
+        folder = Path(run_dir).resolve() if run_dir else default_run_dir(loaded)
+    plan = make_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, slurm=slurm, run_dir=folder,
+                     resume=bool(resume))
+    problems = checks.machine_problems(plan, this_machine())
+    if problems:
+        raise UserError(problems[0], problems[1:])
+    if resume:
+        newest = RunDir(folder).newest_complete_checkpoint()
+        plan.epochs_done = newest[0] if newest else 0
+        if plan.epochs_done >= plan.recipe.train.epochs:
+            plan.warnings.append(checks.nothing_to_do(plan))
+    return plan
+
+
+def make_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None = None,
+              hostfile: str | None = None, slurm: bool | None = None, run_dir: Path,
+              python: str | None = None, horovodrun: str | None = None,
+              resume: bool = False) -> Plan:
+    """The plan from the facts it needs: the host list, the data-set sizes (a component's from its
+    probe), the discovery script and horovodrun's path."""
+    recipe = loaded.recipe
+    if np is not None and np < 1:
+        raise UserError(f"--np must be at least 1, got {np}")
+    script = recipe.elastic.host_discovery_script if recipe.elastic else None
+    if script:
+        path = Path(script).expanduser()
+        problems = checks.discovery_problems(script, path.is_file(), os.access(path, os.X_OK))
+        if problems:
+            raise UserError(problems[0], problems[1:])
+    host_list = resolve_hosts(recipe, np, hosts, hostfile, slurm)
+    found = probe_components(recipe)
+    sizes = (found["train_samples"], found["eval_samples"]) if found else dataset_sizes(recipe)
+    return build_plan(loaded, host_list, sizes, np=np, run_dir=run_dir, python=python,
+                      horovodrun=horovodrun or default_horovodrun(), resume=resume)
+
+
+def this_machine() -> checks.Machine:
+    import psutil
+
+    return checks.Machine(gpus=len(list(Path("/dev").glob("nvidia[0-9]*"))),
+                          memory_bytes=psutil.virtual_memory().total, build=horovod_build_info())
+
+
+def resolve_hosts(recipe: Recipe, np: int | None, hosts: str | None,
+                  hostfile: str | None, slurm: bool | None = None) -> HostList:
+    """--hosts / --hostfile, then the Slurm allocation (``slurm``: None = when inside one), then the
+    recipe's hosts; with none, this machine with np (or all cores) slots."""
+    for flag, value in (("--hosts", hosts), ("--hostfile", hostfile)):
+        if value is not None and not value.strip():
+            raise UserError(f"{flag} is empty: give {'host:slots,...' if flag == '--hosts' else 'a path'}"
+                            ", or leave it out to run on this machine")
+    if hosts and hostfile:
+        raise UserError("give either --hosts or --hostfile, not both")
+    if slurm and (hosts or hostfile):
+        raise UserError("give either --slurm (the allocation's hosts) or --hosts/--hostfile, "
+                        "not both")
+    if hosts:
+        return parse_hosts_arg(hosts)
+    if hostfile:
+        return parse_hostfile(hostfile)
+    if slurm or (slurm is None and in_allocation()):
+        return allocation_hosts()
+    if recipe.launch.hosts:
+        return parse_hosts_arg(recipe.launch.hosts, "launch.hosts")
+    if recipe.launch.hostfile:
+        return parse_hostfile(recipe.launch.hostfile)
+    slots = np or recipe.launch.np or os.cpu_count() or 1
+    return HostList("this machine", (Host("localhost", slots),))
+
+
+def dataset_sizes(recipe: Recipe) -> tuple[int, int]:
+    """(train, eval) samples, known without torch; a data component is asked by ``probe``."""
+    data = recipe.data
+    if data.dataset == "synthetic":
+        return data.synthetic.train_samples, data.synthetic.eval_samples
+    if data.dataset == "imagefolder":
+        folder = scan(data.data_dir or ".")
+        return len(folder.train), len(folder.val)
+    if data.dataset == "component":
+        raise UserError("the size of a data component is known only by building it: use "
+                        "plan_run (it asks the component in a child process)")
+    return DATASET_SIZES[data.dataset]
+
+
+def find_module(name: str) -> bool:
+    """Whether ``name`` can be imported the way a worker will (the working directory, then
+    PYTHONPATH, then this interpreter's path), found without running any of its code."""
+    from importlib.machinery import PathFinder
+
+    path = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+            *sys.path]
+    parts = name.split(".")
+    for i in range(len(parts)):
+        spec = PathFinder.find_spec(".".join(parts[:i + 1]), path)
+        if spec is None:
+            return False
+        path = list(spec.submodule_search_locations or [])
+    return True
+
+
+def probe_components(recipe: Recipe) -> dict | None:
+    """For a recipe with ``data.component`` or ``model.component``: check the modules can be
+    found here, then build data and model once in a child process (torch stays out of this one);
+    returns what it found (sizes, classes, parameters). Refuses the recipe with the reason."""
+    specs = [(key, spec) for key, spec in (("data.component", recipe.data.component),
+                                           ("model.component", recipe.model.component)) if spec]
+    if not specs:
+        return None
+    for key, spec in specs:
+        module = spec.partition(":")[0]
+        if not find_module(module):
+            raise UserError(f"{key} {spec!r}: module {module} not found from {os.getcwd()} or "
+                            "PYTHONPATH: run hvdtrain from the directory that holds it (workers "
+                            "start in the same directory), or add its folder to PYTHONPATH")
+    out = subprocess.run([sys.executable, "-m", "hvdtrain.worker.probe"],
+                         input=json.dumps(recipe.model_dump(mode="json")), capture_output=True,
+                         text=True, timeout=600)
+    try:
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise UserError(f"checking {', '.join(s for _, s in specs)} failed before launch: "
+                        + (out.stderr.strip().splitlines() or ["no output"])[-1]) from None
+    if "error" in found:
+        raise UserError(found["error"])
+    return found
+
+
+def check_resumable(folder: RunDir, recipe: Recipe, given: str) -> None:
+    """Refuse to continue ``folder`` with a recipe whose changes its checkpoints cannot take."""
+    if not folder.recipe_file.is_file():
+        raise UserError(f"cannot resume {given}: no recipe.yaml there (is it an hvdtrain run "
+                        "directory?)")
+    saved = load_recipe(str(folder.recipe_file)).recipe  # an edited one gets file:line errors
+    manifest = folder.read_manifest() or {}
+    recorded = manifest.get("recipe_resolved")
+    if isinstance(recorded, dict):  # what the checkpoints were trained with, even if recipe.yaml
+        try:                        # was edited since
+            saved = Recipe.model_validate(recorded)
+        except ValueError:
+            pass  # a manifest from another version: recipe.yaml is all we have
+    conflicts = checks.resume_conflicts(saved, recipe)
+    if recipe.data.dataset == "imagefolder":
+        conflicts += checks.class_changes(manifest.get("classes"),
+                                          scan(recipe.data.data_dir or ".").classes,
+                                          str(recipe.data.data_dir))
+    if conflicts:
+        raise UserError(f"cannot resume {given}: the recipe changes what its checkpoints depend "
+                        "on; use the original values or start a new run:", conflicts)
