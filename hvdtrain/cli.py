@@ -75,19 +75,19 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print the findi
 
     Exit code 0 when it can; 1 with the fix for each problem when it cannot.
     """
-    raise typer.Exit(_commands().doctor(as_json))
+    raise typer.Exit(_commands().doctor(as_json=as_json))
 
 
 @app.command()
 def recipes(as_json: JsonOpt = False) -> None:
     """List the shipped recipes with one-line descriptions."""
-    raise typer.Exit(_commands().recipes(as_json))
+    raise typer.Exit(_commands().recipes(as_json=as_json))
 
 
 @app.command()
 def show(recipe: RecipeArg, overrides: OverridesArg = None, as_json: JsonOpt = False) -> None:
     """Print the fully resolved recipe (defaults and overrides applied), ready to copy and edit."""
-    raise typer.Exit(_commands().show(recipe, overrides or [], as_json))
+    raise typer.Exit(_commands().show(recipe=recipe, overrides=overrides or [], as_json=as_json))
 
 
 @app.command()
@@ -97,7 +97,8 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Check recipes (and a hostfile); print OK or every error. Exit 2 when anything is invalid."""
-    raise typer.Exit(_commands().validate(recipe_files, hostfile, as_json))
+    raise typer.Exit(_commands().validate(recipe_files=recipe_files, hostfile=hostfile,
+                                          as_json=as_json))
 
 
 @app.command()
@@ -124,8 +125,9 @@ def hosts(
     With --check, also probe every host the way horovodrun will reach it; exit 1 with the fix
     when a host would make horovodrun fail or hang.
     """
-    raise typer.Exit(_commands().hosts(hostfile, check, ssh_port, ssh_identity_file,
-                                       network_interfaces, timeout, as_json, slurm))
+    raise typer.Exit(_commands().hosts(
+        hostfile=hostfile, check=check, ssh_port=ssh_port, ssh_identity_file=ssh_identity_file,
+        network_interfaces=network_interfaces, timeout=timeout, slurm=slurm, as_json=as_json))
 
 
 @app.command()
@@ -134,7 +136,7 @@ def runs(
     as_json: JsonOpt = False,
 ) -> None:
     """List past and current runs, newest first: status, np, epochs done, best eval accuracy."""
-    raise typer.Exit(_commands().runs(folder, as_json))
+    raise typer.Exit(_commands().runs(folder=folder, as_json=as_json))
 
 
 @app.command()
@@ -146,7 +148,7 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """Plot loss, accuracy, LR and images/s of runs into one PNG, and summarise them."""
-    raise typer.Exit(_commands().report(run_dirs, out, as_json))
+    raise typer.Exit(_commands().report(run_dirs=run_dirs, out=out, as_json=as_json))
 
 
 @app.command()
@@ -154,9 +156,9 @@ def plan(recipe: RecipeArg, overrides: OverridesArg = None, np: NpOpt = None,
          hosts: HostsOpt = None, hostfile: HostfileOpt = None, resume: ResumeOpt = None,
          slurm: SlurmOpt = None, as_json: JsonOpt = False) -> None:
     """Show exactly what `hvdtrain run` would launch, and the numbers it derives. Launches nothing."""
-    raise typer.Exit(_commands().plan(recipe, overrides or [], np=np, hosts=hosts,
-                                      hostfile=hostfile, resume=resume, slurm=slurm,
-                                      as_json=as_json))
+    raise typer.Exit(_commands().plan(recipe=recipe, overrides=overrides or [], np=np,
+                                      hosts=hosts, hostfile=hostfile, run_dir=None, resume=resume,
+                                      slurm=slurm, as_json=as_json))
 
 
 @app.command()
@@ -180,12 +182,14 @@ def run(
 
     The exit code is the run's: 0 when training finished, non-zero when it failed.
     """
-    commands, where = _commands(), dict(np=np, hosts=hosts, hostfile=hostfile, run_dir=run_dir,
-                                        resume=resume, slurm=slurm)
+    commands = _commands()
     if dry_run:
-        raise typer.Exit(commands.plan(recipe, overrides or [], as_json=as_json, **where))
-    raise typer.Exit(commands.run(recipe, overrides or [], no_check=no_check, as_json=as_json,
-                                  **where))
+        raise typer.Exit(commands.plan(recipe=recipe, overrides=overrides or [], np=np,
+                                       hosts=hosts, hostfile=hostfile, run_dir=run_dir,
+                                       resume=resume, slurm=slurm, as_json=as_json))
+    raise typer.Exit(commands.run(recipe=recipe, overrides=overrides or [], np=np, hosts=hosts,
+                                  hostfile=hostfile, run_dir=run_dir, resume=resume, slurm=slurm,
+                                  no_check=no_check, as_json=as_json))
 
 
 @app.command()
@@ -224,10 +228,14 @@ def sbatch(
     Slurm sends SIGUSR1: the workers checkpoint mid-epoch, the job requeues itself and, when it
     starts again, resumes the same run directory. Follow it with `hvdtrain runs` or `squeue`.
     """
-    options = {k: v for k, v in locals().items() if k not in ("recipe", "overrides", "run_dir",
-                                                               "dry_run", "as_json")}
-    raise typer.Exit(_commands().sbatch(recipe, overrides or [], run_dir=run_dir, dry_run=dry_run,
-                                        as_json=as_json, **options))
+    from hvdtrain.launcher.sbatch import SbatchOptions
+
+    slurm = SbatchOptions(nodes=nodes, ntasks_per_node=ntasks_per_node, time=time,
+                          partition=partition, account=account, qos=qos,
+                          gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, mem=mem,
+                          job_name=job_name, signal_seconds=signal_seconds, requeue=requeue)
+    raise typer.Exit(_commands().sbatch(recipe=recipe, overrides=overrides or [], slurm=slurm,
+                                        run_dir=run_dir, dry_run=dry_run, as_json=as_json))
 
 
 @app.command()
@@ -259,7 +267,8 @@ def bench(
     efficiency against np=1, MB allreduced per step and the share of each step waiting for the
     allreduce. Data sets need no files. Exit 1 when a configuration failed.
     """
-    raise typer.Exit(_commands().bench(recipe, overrides or [], np=np, compression=compression,
+    raise typer.Exit(_commands().bench(recipe=recipe, overrides=overrides or [], np=np,
+                                       compression=compression,
                                        hosts=hosts, hostfile=hostfile, warmup=warmup, steps=steps,
                                        rounds=rounds, reference=reference, run_dir=run_dir,
                                        as_json=as_json))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,48 @@ def hvdtrain(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
                           capture_output=True, text=True, timeout=timeout)
 
 
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+        timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """`hvdtrain ARGS` in this process (typer's CliRunner isolation): ``hvdtrain.cli.main`` with
+    its one error edge, exit code and both streams, as the console script runs it, without the
+    ~0.5 s of a new interpreter. For messages and exit codes; real launches, signals, tracebacks
+    and import weight use ``hvdtrain`` (a subprocess). ``timeout`` is accepted and unused."""
+    from typer.testing import CliRunner
+
+    from hvdtrain import cli as entry
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGINT,
+                                                    signal.SIGTERM, signal.SIGHUP)}
+    argv, here, code = sys.argv, os.getcwd(), 0
+    with CliRunner().isolation(env={"COLUMNS": "200", "NO_COLOR": "1", **(env or {})}) as (
+            out, err, _):
+        sys.argv = ["hvdtrain", *args]
+        os.chdir(cwd or ROOT)
+        try:
+            entry.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        finally:
+            sys.argv = argv
+            os.chdir(here)
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess(["hvdtrain", *args], code, stdout, stderr)
+
+
 @pytest.fixture
 def run_cli():
+    """The installed console script in a subprocess: for real launches."""
     return hvdtrain
+
+
+@pytest.fixture
+def in_cli():
+    """`hvdtrain` in this process (``cli``): for what is refused or printed before any launch."""
+    return cli
 
 
 def _job_processes() -> list[str]:

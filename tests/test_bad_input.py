@@ -229,7 +229,7 @@ CASES = [
 
 @pytest.mark.parametrize(("args", "files", "expected"), [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
-def test_bad_input_is_refused_before_anything_runs(run_cli, tmp_path: Path, args, files,
+def test_bad_input_is_refused_before_anything_runs(in_cli, tmp_path: Path, args, files,
                                                    expected) -> None:
     from conftest import ROOT
 
@@ -248,7 +248,7 @@ def test_bad_input_is_refused_before_anything_runs(run_cli, tmp_path: Path, args
     argv = [a.replace("{d}", str(tmp_path)) for a in args]
     if "--run-dir" not in argv:
         argv += ["--run-dir", str(run_dir)]
-    proc = run_cli("run", *argv)
+    proc = in_cli("run", *argv)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stdout == ""
     if expected is None:
@@ -261,8 +261,8 @@ def test_bad_input_is_refused_before_anything_runs(run_cli, tmp_path: Path, args
     assert _job_processes() == []  # no horovodrun, no worker
 
 
-def test_an_output_dir_that_cannot_exist_is_refused(run_cli, tmp_path: Path) -> None:
-    proc = run_cli("run", "digits-cnn", "launch.output_dir=/proc/hvdtrain-x")
+def test_an_output_dir_that_cannot_exist_is_refused(in_cli, tmp_path: Path) -> None:
+    proc = in_cli("run", "digits-cnn", "launch.output_dir=/proc/hvdtrain-x")
     assert proc.returncode == 2
     assert re.fullmatch(r"error: cannot create run directory /proc/hvdtrain-x/digits-cnn-\d{8}-"
                         r"\d{6}: No such file or directory: choose another --run-dir \(or "
@@ -287,11 +287,11 @@ def test_ctrl_c_during_start_up_is_quiet() -> None:
 
 
 
-def test_a_data_set_too_big_for_memory_is_refused(run_cli, tmp_path: Path) -> None:
+def test_a_data_set_too_big_for_memory_is_refused(in_cli, tmp_path: Path) -> None:
     import psutil
 
     run_dir = tmp_path / "run"
-    proc = run_cli("run", "synthetic-bench", "data.synthetic.train_samples=100000000", "--np", "2",
+    proc = in_cli("run", "synthetic-bench", "data.synthetic.train_samples=100000000", "--np", "2",
                    "--run-dir", str(run_dir))
     per_worker = (100_000_000 + 1024) * (4 * 3 * 32 * 32 + 8) / (1 << 30)
     total = psutil.virtual_memory().total / (1 << 30)
@@ -304,14 +304,14 @@ def test_a_data_set_too_big_for_memory_is_refused(run_cli, tmp_path: Path) -> No
     assert not run_dir.exists()
 
 
-def test_a_controller_horovod_was_not_built_with_is_refused(run_cli, tmp_path: Path) -> None:
+def test_a_controller_horovod_was_not_built_with_is_refused(in_cli, tmp_path: Path) -> None:
     from hvdtrain.machine import horovod_build_info
 
     info = horovod_build_info()
     assert info is not None, "make install records how Horovod was built"
     if info["controllers"]["mpi"]:
         pytest.skip("this Horovod was built with MPI")
-    proc = run_cli("run", "digits-cnn", "launch.controller=mpi", "--run-dir", str(tmp_path / "r"))
+    proc = in_cli("run", "digits-cnn", "launch.controller=mpi", "--run-dir", str(tmp_path / "r"))
     assert proc.returncode == 2
     assert proc.stderr == ("error: launch.controller=mpi, but the installed Horovod was built "
                            "without MPI (controllers: gloo): use launch.controller=gloo, or rebuild "
@@ -320,7 +320,7 @@ def test_a_controller_horovod_was_not_built_with_is_refused(run_cli, tmp_path: P
     assert not (tmp_path / "r").exists()
 
 
-def test_hosts_check_options_need_check_and_sane_values(run_cli) -> None:
+def test_hosts_check_options_need_check_and_sane_values(in_cli) -> None:
     cases = [
         (["--timeout", "5"], "error: --timeout only applies with --check: add --check, or leave it "
                              "out\n"),
@@ -334,12 +334,12 @@ def test_hosts_check_options_need_check_and_sane_values(run_cli) -> None:
                                          "65535, got 0\n"),
     ]
     for args, expected in cases:
-        proc = run_cli("hosts", "hostfiles/localhost", *args)
+        proc = in_cli("hosts", "hostfiles/localhost", *args)
         assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", expected), args
 
 
-def test_settings_without_effect_are_warned_about(run_cli) -> None:
-    proc = run_cli("plan", "digits-cnn", "optimizer.warmup_epochs=30", "data.data_dir=/data",
+def test_settings_without_effect_are_warned_about(in_cli) -> None:
+    proc = in_cli("plan", "digits-cnn", "optimizer.warmup_epochs=30", "data.data_dir=/data",
                    "horovod.autotune_log_file=/tmp/at.csv", "--json")
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["warnings"] == [

@@ -21,6 +21,7 @@ def bench_json(tmp_path_factory):
     proc = hvdtrain("bench", "digits-cnn", "--np", "1,2", "--compression", "fp16,none",
                     "--reference", "ddp", *SMALL, "--run-dir", str(folder), "--json", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "hvdtrain np=1 fp16:" in proc.stderr and "ddp np=2 fp16:" in proc.stderr  # progress
     return json.loads(proc.stdout), folder
 
 
@@ -48,18 +49,26 @@ def test_every_configuration_is_measured(bench_json) -> None:
         assert (folder / f"{r['kind']}-np{r['np']}-{r['compression']}" / "output.log").exists()
 
 
-def test_table_fits_80_columns(tmp_path: Path) -> None:
-    proc = hvdtrain("bench", "digits-cnn", "--np", "1", "--compression", "none", *SMALL,
-                    "--run-dir", str(tmp_path / "b"), env={"COLUMNS": "80"}, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+def test_table_fits_80_columns(bench_json) -> None:
+    """The measured rows of the run above, drawn as `hvdtrain bench` draws them at 80 columns."""
+    import io
+
+    from rich.console import Console
+
+    from hvdtrain.launcher.display import print_bench
+
+    out, folder = bench_json
+    buf = io.StringIO()
+    print_bench(Console(file=buf, width=80, color_system=None), out["results"],
+                "digits-cnn: 4 steps of batch 32/rank on this machine", folder / "bench.json")
+    lines = buf.getvalue().splitlines()
     assert max(map(len, lines)) <= 80
     header = next(x for x in lines if "img/s" in x)
     for name in ("run", "np", "grads", "/rank", "eff.", "MB/step", "wait"):
         assert name in header
     rows = [[c.strip() for c in x.split("│")[1:-1]] for x in lines if x.startswith("│")]
-    assert [r[:3] for r in rows] == [["hvdtrain", "1", "none"]]
-    assert "hvdtrain np=1 none:" in proc.stderr  # progress while it runs
+    assert [r[:3] for r in rows] == [[r["kind"], str(r["np"]), r["compression"]]
+                                     for r in out["results"]]
 
 
 def test_rounds_are_interleaved_and_reported_as_medians(tmp_path: Path) -> None:
@@ -82,37 +91,6 @@ def test_rounds_are_interleaved_and_reported_as_medians(tmp_path: Path) -> None:
     assert max(map(len, lines)) <= 80
     assert "spread" in next(x for x in lines if "img/s" in x)
     assert "median of 3 interleaved rounds" in " ".join(proc.stdout.split())
-
-
-def test_a_failed_round_fails_its_configuration() -> None:
-    from hvdtrain.launcher.bench import combine
-
-    ok = {"kind": "hvdtrain", "np": 2, "compression": "none", "images_per_s": 100.0,
-          "images_per_s_per_rank": 50.0, "step_ms": 640.0, "allreduce_wait_share": 0.1,
-          "seconds": 10.0}
-    bad = {"kind": "hvdtrain", "np": 2, "compression": "none", "error": "failed: see x/output.log",
-           "seconds": 3.0}
-    assert combine([ok, bad]) == {**bad, "seconds": 13.0}
-    both = combine([ok, {**ok, "images_per_s": 300.0, "allreduce_wait_share": None}])
-    assert (both["images_per_s"], both["allreduce_wait_share"], both["spread"]) == (200.0, 0.1, 1.0)
-
-
-@pytest.mark.parametrize(("args", "message"), [
-    (["--np", "1,x"], "--np '1,x': 'x' is not a number of processes >= 1"),
-    (["--np", "0"], "--np '0': '0' is not a number of processes >= 1"),
-    (["--np", "2,2"], "--np '2,2' lists 2 twice"),
-    (["--compression", "fp8"], "--compression 'fp8': 'fp8' is not fp16 or none"),
-    (["--reference", "torch"], "--reference 'torch': the only reference is ddp"),
-    (["--steps", "0"], "--steps must be between 1 and 100000, got 0"),
-    (["--rounds", "0"], "--rounds must be between 1 and 100, got 0"),
-    (["--np", "3", "--hosts", "localhost:2"], "--np 3 needs more slots than --hosts has (2)"),
-])
-def test_bad_lists_are_refused_before_anything_runs(args: list[str], message: str,
-                                                    tmp_path: Path) -> None:
-    proc = hvdtrain("bench", "digits-cnn", *args, "--run-dir", str(tmp_path / "b"))
-    assert proc.returncode == 2
-    assert message in " ".join(proc.stderr.split())
-    assert not (tmp_path / "b").exists()
 
 
 def test_a_data_set_that_needs_files_is_benched_on_synthetic_input(tmp_path: Path) -> None:

@@ -100,8 +100,8 @@ def test_interface_classification(name: str, addrs: list[str], kind: str) -> Non
     assert classify_interface(name, addrs) == kind
 
 
-def test_doctor_on_this_machine_reports_pytorch_and_gloo(run_cli) -> None:
-    proc = run_cli("doctor", "--json")
+def test_doctor_on_this_machine_reports_pytorch_and_gloo(in_cli) -> None:
+    proc = in_cli("doctor", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(proc.stdout)
     assert data["ok"] is True
@@ -110,8 +110,8 @@ def test_doctor_on_this_machine_reports_pytorch_and_gloo(run_cli) -> None:
     assert data["facts"]["horovod_built_torch"] == data["facts"]["torch_version"]
 
 
-def test_doctor_table_renders(run_cli) -> None:
-    proc = run_cli("doctor")
+def test_doctor_table_renders(in_cli) -> None:
+    proc = in_cli("doctor")
     assert proc.returncode == 0
     assert "This machine can run hvdtrain." in proc.stdout
     assert "[loopback: not for cross-host traffic]" in proc.stdout

@@ -24,10 +24,6 @@ def test_production_hooks_do_nothing(monkeypatch) -> None:
     model, loss = small_model(), torch.tensor(1.5)
     assert hooks.model_built(0, model) is model
     assert hooks.loss(0, 1, 1, loss) is loss
-    hooks.before_init(0)
-    hooks.epoch_start(0, 1)
-    hooks.before_step(0, 1, 1)
-    hooks.before_checkpoint_replace(0, 1)
 
 
 def test_fault_from_the_environment_fires_only_at_its_point(monkeypatch) -> None:

@@ -121,23 +121,23 @@ def test_assign_fills_hosts_in_order_and_rejects_too_many() -> None:
         assign(hl, 7)
 
 
-def test_hosts_command_table_json_and_errors(run_cli, tmp_path: Path) -> None:
+def test_hosts_command_table_json_and_errors(in_cli, tmp_path: Path) -> None:
     good = write(tmp_path, "n1 slots=2\nn2:1\n", "good")
-    proc = run_cli("hosts", str(good))
+    proc = in_cli("hosts", str(good))
     assert proc.returncode == 0
     assert "n1" in proc.stdout and "3 slot(s)" in proc.stdout
-    data = json.loads(run_cli("hosts", str(good), "--json").stdout)
+    data = json.loads(in_cli("hosts", str(good), "--json").stdout)
     assert data == {"ok": True, "source": str(good), "total_slots": 3, "warnings": [],
                     "hosts": [{"host": "n1", "slots": 2, "line": 1},
                               {"host": "n2", "slots": 1, "line": 2}]}
     bad = write(tmp_path, "n1 slots=0\n", "bad")
-    proc = run_cli("hosts", str(bad))
+    proc = in_cli("hosts", str(bad))
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr == (f"error: invalid host list {bad} (1 problem):\n"
                            f"  {bad}:1: slots must be at least 1, got 0\n")
     assert "Traceback" not in proc.stderr
-    proc = run_cli("hosts", str(bad), "--json")
+    proc = in_cli("hosts", str(bad), "--json")
     assert proc.returncode == 2
     assert json.loads(proc.stdout)["errors"] == [f"invalid host list {bad} (1 problem):",
                                                  f"{bad}:1: slots must be at least 1, got 0"]

@@ -167,5 +167,15 @@ def test_cli_commands_only_forward() -> None:
         body = [s for s in f.body if not (isinstance(s, ast.Expr)
                                           and isinstance(s.value, ast.Constant))]
         assert len(body) <= 3, f.name
+        forwards = [c for c in ast.walk(f) if isinstance(c, ast.Call)
+                    and isinstance(c.func, ast.Attribute) and c.func.attr == f.name]
+        assert len(forwards) >= 1 and all(not c.args for c in forwards), \
+            f"{f.name} forwards by keyword only"
+    assert "locals()" not in (PKG / "cli.py").read_text()
+    # ... to keyword-only functions
+    tree = ast.parse((PKG / "launcher" / "commands.py").read_text())
+    public = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name in
+              {c.name for c in commands}]
+    assert [f.name for f in public if f.args.args] == []
     assert "Table" not in (PKG / "cli.py").read_text() and "rich.table" not in \
         (PKG / "cli.py").read_text()

@@ -191,28 +191,28 @@ def test_yaml_tags_are_not_executed(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_cli_validate_show_and_recipes(run_cli, tmp_path: Path) -> None:
-    proc = run_cli("validate", "digits-cnn", "synthetic-bench", "--hostfile", "hostfiles/localhost")
+def test_cli_validate_show_and_recipes(in_cli, tmp_path: Path) -> None:
+    proc = in_cli("validate", "digits-cnn", "synthetic-bench", "--hostfile", "hostfiles/localhost")
     assert (proc.returncode, proc.stdout) == (0, "OK     digits-cnn\nOK     synthetic-bench\n"
                                                  "OK     hostfiles/localhost\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epochs: 0\n")
-    proc = run_cli("validate", "digits-cnn", str(bad))
+    proc = in_cli("validate", "digits-cnn", str(bad))
     assert proc.returncode == 2
     assert proc.stdout == "OK     digits-cnn\n"
     assert proc.stderr == (f"ERROR  {bad}\n       recipe {bad} is invalid (1 problem):\n"
                            f"       {bad}:2: train.epochs: Input should be greater than 0, got 0\n")
-    shown = run_cli("show", "digits-cnn", "train.epochs=3")
+    shown = in_cli("show", "digits-cnn", "train.epochs=3")
     assert shown.returncode == 0
     assert shown.stdout.startswith("# resolved from ")
     resolved = yaml.safe_load(shown.stdout)
     assert resolved["train"]["epochs"] == 3
     assert Recipe.model_validate(resolved) == load_recipe("digits-cnn", ["train.epochs=3"]).recipe
-    listing = json.loads(run_cli("recipes", "--json").stdout)
+    listing = json.loads(in_cli("recipes", "--json").stdout)
     assert [r["name"] for r in listing] == ["cifar10-resnet", "custom-model", "digits-cnn",
                                             "imagefolder-resnet", "mnist-cnn", "synthetic-bench"]
     assert all(r["description"] and not r["description"].startswith("INVALID") for r in listing)
-    proc = run_cli("show", str(bad))
+    proc = in_cli("show", str(bad))
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == (f"error: recipe {bad} is invalid (1 problem):\n"
                            f"  {bad}:2: train.epochs: Input should be greater than 0, got 0\n")

@@ -53,19 +53,19 @@ def test_report_draws_the_runs_data_and_names_runs_by_what_differs(tmp_path: Pat
         (0.9, 0.9, 0), (0.97, 0.97, 1)]
 
 
-def test_report_refuses_what_is_not_a_run(tmp_path: Path, run_cli) -> None:
+def test_report_refuses_what_is_not_a_run(tmp_path: Path, in_cli) -> None:
     with pytest.raises(UserError, match=r"is not an hvdtrain run directory"):
         report([str(tmp_path)], None)
     empty = make_run(tmp_path / "empty", 1, "fp16", [])
-    proc = run_cli("report", str(empty))
+    proc = in_cli("report", str(empty))
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == (f"error: nothing to plot: no completed epoch in {empty} (a run shows up "
                            "here after its first epoch)\n")
 
 
-def test_report_command_writes_beside_a_single_run(tmp_path: Path, run_cli) -> None:
+def test_report_command_writes_beside_a_single_run(tmp_path: Path, in_cli) -> None:
     run = make_run(tmp_path / "r", 2, "fp16", [0.7, 0.9])
-    proc = run_cli("report", str(run), "--json")
+    proc = in_cli("report", str(run), "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["png"] == str(run / "report.png") and (run / "report.png").stat().st_size > 0

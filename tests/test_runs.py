@@ -22,7 +22,7 @@ def make_run(root: Path, name: str, start: str, status: str, pid: int, epochs: i
     (folder / "metrics.jsonl").write_text("\n".join(lines) + ('\n{"event": "ep' if truncated else "\n"))
 
 
-def test_runs_lists_status_progress_and_skips_foreign_folders(run_cli, tmp_path: Path) -> None:
+def test_runs_lists_status_progress_and_skips_foreign_folders(in_cli, tmp_path: Path) -> None:
     dead = 2**22 + 12345  # above the default pid_max: no such process
     make_run(tmp_path, "digits-cnn-20261125-080000", "2026-11-25T08:00:00+0000", "finished",
              dead, 3, [0.5, 0.9, 0.97])
@@ -32,7 +32,7 @@ def test_runs_lists_status_progress_and_skips_foreign_folders(run_cli, tmp_path:
              "2026-11-25T10:00:00+0000", "running", dead, 5, [])
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "manifest.json").write_text("not json")
-    rows = json.loads(run_cli("runs", str(tmp_path), "--json").stdout)
+    rows = json.loads(in_cli("runs", str(tmp_path), "--json").stdout)
     assert [(r["name"], r["status"], r["epochs_done"], r["epochs"], r["best_eval_acc"])
             for r in rows] == [
         ("a-very-long-recipe-name-for-columns-20261125-100000", "killed", 0, 5, None),
@@ -41,7 +41,7 @@ def test_runs_lists_status_progress_and_skips_foreign_folders(run_cli, tmp_path:
     assert rows[2]["wall_seconds"] == 30 and rows[2]["hosts"] == ["localhost"]
     assert rows[0]["wall_seconds"] is None  # killed: its end is unknown
     for columns, names_share_a_line in (("80", False), ("200", True)):
-        lines = run_cli("runs", str(tmp_path), env={"COLUMNS": columns}).stdout.splitlines()
+        lines = in_cli("runs", str(tmp_path), env={"COLUMNS": columns}).stdout.splitlines()
         assert max(len(line) for line in lines) <= int(columns)
         for r in rows:  # every name whole on one line, with its status on it or just below
             at = next(i for i, line in enumerate(lines) if r["name"] in line)
@@ -50,8 +50,8 @@ def test_runs_lists_status_progress_and_skips_foreign_folders(run_cli, tmp_path:
         assert not any("notes" in line for line in lines)
 
 
-def test_runs_on_a_missing_folder_says_so(run_cli, tmp_path: Path) -> None:
-    proc = run_cli("runs", str(tmp_path / "nope"))
+def test_runs_on_a_missing_folder_says_so(in_cli, tmp_path: Path) -> None:
+    proc = in_cli("runs", str(tmp_path / "nope"))
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == (f"error: {tmp_path}/nope is not a directory: give the folder that holds "
                            "your run directories (launch.output_dir, default runs/)\n")

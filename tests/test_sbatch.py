@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, hvdtrain
+from conftest import BIN, ROOT, cli
 
 from hvdtrain.launcher.sbatch import SbatchOptions, record, time_seconds
 from hvdtrain.rundir import RunDir
@@ -19,7 +19,7 @@ EVIL = "description=$(touch /tmp/hvdtrain-PWNED); `reboot` ' \" \\ x"
 
 def test_dry_run_prints_the_script_and_writes_nothing(tmp_path: Path) -> None:
     run_dir = tmp_path / "r"
-    proc = hvdtrain("sbatch", "digits-cnn", "train.epochs=2", EVIL, "--nodes", "2",
+    proc = cli("sbatch", "digits-cnn", "train.epochs=2", EVIL, "--nodes", "2",
                     "--ntasks-per-node", "4", "--time", "1-02:00:00", "--partition", "gpu",
                     "--account", "ml", "--gpus-per-node", "a100:4", "--mem", "64G",
                     "--run-dir", str(run_dir), "--dry-run")
@@ -45,7 +45,7 @@ def test_dry_run_prints_the_script_and_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_dry_run_json(tmp_path: Path) -> None:
-    proc = hvdtrain("sbatch", "digits-cnn", "--run-dir", str(tmp_path / "r"), "--dry-run",
+    proc = cli("sbatch", "digits-cnn", "--run-dir", str(tmp_path / "r"), "--dry-run",
                     "--json", "--job-name", "exp.1")
     out = json.loads(proc.stdout)
     assert out["ok"] and out["tasks"] == 1 and out["job_name"] == "exp.1"
@@ -53,7 +53,7 @@ def test_dry_run_json(tmp_path: Path) -> None:
 
 
 def test_every_bad_option_is_reported_at_once(tmp_path: Path) -> None:
-    proc = hvdtrain("sbatch", "digits-cnn", "--nodes", "0", "--time", "5x", "--mem", "4Q",
+    proc = cli("sbatch", "digits-cnn", "--nodes", "0", "--time", "5x", "--mem", "4Q",
                     "--partition", "a b", "--gpus-per-node", "two", "--job-name", 'x"y',
                     "--run-dir", str(tmp_path / "r"))
     assert proc.returncode == 2 and not (tmp_path / "r").exists()
@@ -69,7 +69,7 @@ def test_every_bad_option_is_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_signal_must_come_before_the_time_limit(tmp_path: Path) -> None:
-    proc = hvdtrain("sbatch", "digits-cnn", "--time", "2", "--signal-seconds", "300",
+    proc = cli("sbatch", "digits-cnn", "--time", "2", "--signal-seconds", "300",
                     "--run-dir", str(tmp_path / "r"), "--dry-run")
     assert proc.returncode == 2
     assert "--signal-seconds 300 is not shorter than --time 2 (120 s)" in " ".join(proc.stderr.split())
@@ -83,13 +83,13 @@ def test_slurm_time_formats(value: str, seconds: int | None) -> None:
 
 
 def test_run_dir_sbatch_cannot_hold_is_refused(tmp_path: Path) -> None:
-    proc = hvdtrain("sbatch", "digits-cnn", "--run-dir", str(tmp_path / "100%"), "--dry-run")
+    proc = cli("sbatch", "digits-cnn", "--run-dir", str(tmp_path / "100%"), "--dry-run")
     assert proc.returncode == 2
     assert "contains '%', which sbatch's --output line cannot hold" in proc.stderr
 
 
 def test_the_allocation_shape_is_planned_before_anything_is_written(tmp_path: Path) -> None:
-    proc = hvdtrain("sbatch", "digits-cnn", "elastic={min_np: 2, max_np: 4}", "--nodes", "1",
+    proc = cli("sbatch", "digits-cnn", "elastic={min_np: 2, max_np: 4}", "--nodes", "1",
                     "--ntasks-per-node", "2", "--run-dir", str(tmp_path / "r"))
     assert proc.returncode == 2 and not (tmp_path / "r").exists()
     assert "elastic training needs at least 2 hosts" in proc.stderr
@@ -97,7 +97,7 @@ def test_the_allocation_shape_is_planned_before_anything_is_written(tmp_path: Pa
 
 def test_sbatch_missing_from_path_keeps_the_script(tmp_path: Path) -> None:
     run_dir = tmp_path / "r"
-    proc = hvdtrain("sbatch", "digits-cnn", "--run-dir", str(run_dir), env={"PATH": str(BIN)})
+    proc = cli("sbatch", "digits-cnn", "--run-dir", str(run_dir), env={"PATH": str(BIN)})
     assert proc.returncode == 2
     err = " ".join(proc.stderr.split())
     assert "sbatch is not on PATH, so this machine cannot submit Slurm jobs; the batch script " \
@@ -108,8 +108,8 @@ def test_sbatch_missing_from_path_keeps_the_script(tmp_path: Path) -> None:
 
 def test_a_queued_run_dir_refuses_another_recipe(tmp_path: Path) -> None:
     run_dir = tmp_path / "r"
-    hvdtrain("sbatch", "digits-cnn", "--run-dir", str(run_dir), env={"PATH": str(BIN)})
-    proc = hvdtrain("run", "digits-cnn", "train.epochs=3", "--run-dir", str(run_dir))
+    cli("sbatch", "digits-cnn", "--run-dir", str(run_dir), env={"PATH": str(BIN)})
+    proc = cli("run", "digits-cnn", "train.epochs=3", "--run-dir", str(run_dir))
     assert proc.returncode == 2
     assert "the recipe differs from" in proc.stderr and "hvdtrain sbatch" in proc.stderr
     assert not RunDir(run_dir).manifest_file.exists()
@@ -117,10 +117,10 @@ def test_a_queued_run_dir_refuses_another_recipe(tmp_path: Path) -> None:
 
 def test_runs_lists_a_queued_job(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "q"
-    hvdtrain("sbatch", "digits-cnn", "--run-dir", str(run_dir), "--nodes", "2",
+    cli("sbatch", "digits-cnn", "--run-dir", str(run_dir), "--nodes", "2",
              "--ntasks-per-node", "3", env={"PATH": str(BIN)})
     record(RunDir(run_dir), "77", SbatchOptions(nodes=2, ntasks_per_node=3),
            ROOT / "recipes" / "digits-cnn.yaml", [])
-    rows = json.loads(hvdtrain("runs", str(tmp_path / "runs"), "--json").stdout)
+    rows = json.loads(cli("runs", str(tmp_path / "runs"), "--json").stdout)
     assert [(r["name"], r["status"], r["np"], r["recipe"]) for r in rows] == [
         ("q", "queued (Slurm job 77)", 6, "digits-cnn")]

@@ -70,20 +70,20 @@ def test_malformed_values_are_quoted(env: dict, message: str) -> None:
     assert str(info.value) == message
 
 
-def test_run_inside_an_allocation_plans_its_hosts(run_cli) -> None:
+def test_run_inside_an_allocation_plans_its_hosts(in_cli) -> None:
     env = {**JOB, "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "2"}
-    plan = json.loads(run_cli("plan", "digits-cnn", "--json", env=env).stdout)
+    plan = json.loads(in_cli("plan", "digits-cnn", "--json", env=env).stdout)
     assert plan["host_source"] == "the Slurm allocation (job 42)"
     assert plan["hosts"] == [{"host": "localhost", "slots": 2}] and plan["np"] == 2
-    proc = run_cli("run", "digits-cnn", "--np", "3", "--dry-run", env=env)
+    proc = in_cli("run", "digits-cnn", "--np", "3", "--dry-run", env=env)
     assert (proc.returncode, proc.stderr) == (2, "error: np=3 needs more slots than the Slurm "
                                                  "allocation (job 42) has (2): lower --np or add "
                                                  "slots/hosts\n")
-    explicit = json.loads(run_cli("plan", "digits-cnn", "--hosts", "localhost:1", "--np", "1",
+    explicit = json.loads(in_cli("plan", "digits-cnn", "--hosts", "localhost:1", "--np", "1",
                                   "--json", env=env).stdout)
     assert explicit["host_source"] == "--hosts"  # an explicit host list wins
-    listed = json.loads(run_cli("hosts", "--slurm", "--json", env=env).stdout)
+    listed = json.loads(in_cli("hosts", "--slurm", "--json", env=env).stdout)
     assert listed["hosts"] == [{"host": "localhost", "slots": 2, "line": 1}]
-    proc = run_cli("hosts", "--slurm")
+    proc = in_cli("hosts", "--slurm")
     assert proc.returncode == 2 and proc.stderr.startswith("error: no Slurm allocation to take "
                                                            "hosts from")

@@ -115,7 +115,9 @@ def test_usr1_checkpoints_requeues_and_resumes_without_repeating_an_epoch(slurm,
 def test_requeue_refused_keeps_the_checkpoint_and_says_how_to_resume(slurm,
                                                                      tmp_path: Path) -> None:
     run_dir = tmp_path / "no-requeue"
-    job = submit(slurm, run_dir, "train.epochs=4", "--no-requeue")
+    # the wider model's epochs take seconds: the signal lands before the 4 epochs are over (with
+    # digits' 0.2 s epochs the run sometimes finished first)
+    job = submit(slurm, run_dir, "train.epochs=4", "model.width=64", "--no-requeue")
     wait_for(run_dir, "epoch", 1)
     slurm.run("scancel", "--signal=USR1", "--batch", job)
     slurm.wait_state(job, ("COMPLETED", "FAILED", "CANCELLED"), 120)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hvdtrain.errors import UserError
-from hvdtrain.events import parse_line
+from hvdtrain.events import BenchEvent, parse_line
 from hvdtrain.imagefolder import class_names
 from hvdtrain.launcher.hosts import Host, HostList, assign
 from hvdtrain.recipe import Recipe
@@ -141,7 +141,7 @@ def ddp_argvs(recipe: Recipe, hosts: list[Host], args: list[str]) -> list[list[s
     return out
 
 
-def launch_one(argvs: list[list[str]], timeout: float) -> tuple[dict | None, str]:
+def launch_one(argvs: list[list[str]], timeout: float) -> tuple[BenchEvent | None, str]:
     """Run the launches of one configuration together; (rank 0's bench event, their output)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -161,7 +161,7 @@ def launch_one(argvs: list[list[str]], timeout: float) -> tuple[dict | None, str
     return (found[0] if found and not bad else None), text
 
 
-def row(cfg: Config, ev: dict) -> dict:
+def row(cfg: Config, ev: BenchEvent) -> dict:
     """One configuration's numbers from rank 0's ``bench`` event."""
     walls = [w for w, _ in ev["per_rank"]]
     wall = max(walls)  # the job is as fast as its slowest rank

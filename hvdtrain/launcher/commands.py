@@ -11,11 +11,15 @@ import math
 import os
 import re
 import shlex
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from hvdtrain.errors import UserError
+
+if TYPE_CHECKING:
+    from hvdtrain.launcher.sbatch import SbatchOptions
 
 
 def _out() -> Console:
@@ -26,7 +30,7 @@ def _echo_json(data: object) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
-def doctor(as_json: bool) -> int:
+def doctor(*, as_json: bool) -> int:
     from hvdtrain.launcher.display import print_doctor
     from hvdtrain.setup import doctor as doc
 
@@ -40,7 +44,7 @@ def doctor(as_json: bool) -> int:
     return 0 if ok else 1
 
 
-def recipes(as_json: bool) -> int:
+def recipes(*, as_json: bool) -> int:
     from hvdtrain.launcher.display import recipes_table
     from hvdtrain.recipe_files import load_recipe, shipped_recipes
 
@@ -58,7 +62,7 @@ def recipes(as_json: bool) -> int:
     return 0
 
 
-def show(recipe: str, overrides: list[str], as_json: bool) -> int:
+def show(*, recipe: str, overrides: list[str], as_json: bool) -> int:
     from hvdtrain.recipe_files import load_recipe
 
     loaded = load_recipe(recipe, overrides)
@@ -71,7 +75,7 @@ def show(recipe: str, overrides: list[str], as_json: bool) -> int:
     return 0
 
 
-def validate(recipe_files: list[str], hostfile: str | None, as_json: bool) -> int:
+def validate(*, recipe_files: list[str], hostfile: str | None, as_json: bool) -> int:
     """Every recipe (and the hostfile) checked; every error of every file reported."""
     from hvdtrain.launcher.display import print_validation
 
@@ -99,9 +103,9 @@ def _validate_one(source: str, load_recipe: bool) -> dict:
     return {"source": source, "ok": True, "errors": [], "warnings": warnings}
 
 
-def hosts(hostfile: str | None, check: bool, ssh_port: int | None, ssh_identity_file: str | None,
-          network_interfaces: str | None, timeout: float | None, as_json: bool,
-          slurm: bool = False) -> int:
+def hosts(*, hostfile: str | None, check: bool, ssh_port: int | None,
+          ssh_identity_file: str | None, network_interfaces: str | None, timeout: float | None,
+          slurm: bool, as_json: bool) -> int:
     from hvdtrain.launcher import display
     from hvdtrain.launcher.hosts import parse_hostfile
 
@@ -136,7 +140,7 @@ def hosts(hostfile: str | None, check: bool, ssh_port: int | None, ssh_identity_
     return 0
 
 
-def runs(folder: str, as_json: bool) -> int:
+def runs(*, folder: str, as_json: bool) -> int:
     """The run directories under ``folder``, newest first."""
     from pathlib import Path
 
@@ -156,7 +160,7 @@ def runs(folder: str, as_json: bool) -> int:
     return 0
 
 
-def report(run_dirs: list[str], out: str | None, as_json: bool) -> int:
+def report(*, run_dirs: list[str], out: str | None, as_json: bool) -> int:
     """One PNG of one or more runs' curves, and a summary table."""
     from hvdtrain.launcher.report import report as write_report
 
@@ -188,9 +192,9 @@ def _check_options(check: bool, ssh_port: int | None, ssh_identity_file: str | N
         raise UserError(f"--ssh-port must be a TCP port between 1 and 65535, got {ssh_port}")
 
 
-def plan(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None,
-         hostfile: str | None, run_dir: str | None = None, resume: str | None = None,
-         slurm: bool | None = None, as_json: bool = False) -> int:
+def plan(*, recipe: str, overrides: list[str], np: int | None, hosts: str | None,
+         hostfile: str | None, run_dir: str | None, resume: str | None, slurm: bool | None,
+         as_json: bool) -> int:
     """Print what `run` would launch (also `run --dry-run`); launches and writes nothing."""
     from hvdtrain.launcher.plan import plan_dict
     from hvdtrain.launcher.prelaunch import plan_run
@@ -206,9 +210,9 @@ def plan(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None
     return 0
 
 
-def run(recipe: str, overrides: list[str], *, np: int | None, hosts: str | None,
-        hostfile: str | None, run_dir: str | None, resume: str | None, no_check: bool,
-        as_json: bool, slurm: bool | None = None) -> int:
+def run(*, recipe: str, overrides: list[str], np: int | None, hosts: str | None,
+        hostfile: str | None, run_dir: str | None, resume: str | None, slurm: bool | None,
+        no_check: bool, as_json: bool) -> int:
     """Plan, check remote hosts, launch, draw; returns the run's exit code."""
     from hvdtrain.launcher.launch import StopRequest, launch
     from hvdtrain.launcher.prelaunch import plan_run
@@ -254,8 +258,8 @@ def _preflight_remote(the_plan) -> None:
                         "the check with --no-check)")
 
 
-def sbatch(recipe: str, overrides: list[str], *, run_dir: str | None, dry_run: bool,
-           as_json: bool, **options) -> int:
+def sbatch(*, recipe: str, overrides: list[str], slurm: SbatchOptions, run_dir: str | None,
+           dry_run: bool, as_json: bool) -> int:
     """Write a batch script into a new run directory and submit it (``--dry-run``: print it)."""
     from pathlib import Path
 
@@ -263,7 +267,7 @@ def sbatch(recipe: str, overrides: list[str], *, run_dir: str | None, dry_run: b
     from hvdtrain.launcher.prelaunch import plan_run
     from hvdtrain.rundir import RunDir
 
-    opts = sb.SbatchOptions(**options)
+    opts = slurm
     problems = sb.check_options(opts)
     if problems:
         raise UserError("the Slurm options cannot be submitted; nothing written:", problems)
@@ -312,7 +316,7 @@ def _write_queued(folder, recipe, text: str) -> None:
                         "another --run-dir (or launch.output_dir)") from None
 
 
-def bench(recipe: str, overrides: list[str], *, np: str, compression: str, hosts: str | None,
+def bench(*, recipe: str, overrides: list[str], np: str, compression: str, hosts: str | None,
           hostfile: str | None, warmup: int, steps: int, rounds: int, reference: str | None,
           run_dir: str | None, as_json: bool) -> int:
     """Throughput of the recipe's model per world size and compression (and the DDP reference)."""

@@ -64,7 +64,7 @@ class Diagnosis:
 
     def feed(self, line: Line) -> None:
         if line.events:
-            self.errors += [str(e.get("message")) for e in line.events if e["event"] == "error"]
+            self.errors += [e["message"] for e in line.events if e["event"] == "error"]
             return
         if line.rank is None:
             m = EXIT_LINE.match(line.text)

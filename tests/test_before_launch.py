@@ -1,0 +1,89 @@
+"""What `run` and `bench` refuse before anything starts (in process: no horovodrun is ever
+reached), and the pieces of those commands that need no launch. Moved out of the horovod-marked
+modules so `make test-fast` runs them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hvdtrain.recipe_files import load_recipe
+
+
+def test_resume_with_a_changed_model_is_refused(tmp_path: Path, in_cli) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "recipe.yaml").write_text(load_recipe("digits-cnn").recipe.to_yaml())
+    before = sorted(p.name for p in run_dir.iterdir())
+    proc = in_cli("run", "digits-cnn", "model.width=16", "model.arch=resnet", "--resume",
+                   str(run_dir))
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: cannot resume {run_dir}: the recipe changes what its "
+                           "checkpoints depend on; use the original values or start a new run:\n"
+                           "  model.arch: 'small_cnn' -> 'resnet'\n  model.width: 32 -> 16\n")
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing launched or written
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path: Path, in_cli) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "keep.txt").write_text("precious")
+    proc = in_cli("run", "digits-cnn", "--run-dir", str(run_dir))
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: run directory {run_dir} already exists and is not empty: "
+                           "choose another --run-dir, or continue it with --resume\n")
+    assert (run_dir / "keep.txt").read_text() == "precious"
+
+
+def test_adasum_over_gloo_is_refused_before_launch(tmp_path: Path, in_cli) -> None:
+    """Horovod implements Adasum only over MPI: with Gloo every rank died with 'No Adasum operation
+    enabled' at its first step. Refused before horovodrun starts; nothing is created."""
+    run_dir = tmp_path / "run"
+    proc = in_cli("run", "digits-cnn", "horovod.op=adasum", "--np", "2", "--run-dir",
+                   str(run_dir), timeout=60)
+    assert proc.returncode == 2
+    assert ("override 'horovod.op=adasum': horovod.op: adasum needs launch.controller: mpi "
+            "(Horovod implements Adasum only over MPI; with Gloo every rank fails with 'No Adasum "
+            "operation enabled'): use op: average, or controller: mpi with an MPI-enabled Horovod "
+            "build") in proc.stderr
+    assert not run_dir.exists()
+
+
+def test_a_failed_round_fails_its_configuration() -> None:
+    from hvdtrain.launcher.bench import combine
+
+    ok = {"kind": "hvdtrain", "np": 2, "compression": "none", "images_per_s": 100.0,
+          "images_per_s_per_rank": 50.0, "step_ms": 640.0, "allreduce_wait_share": 0.1,
+          "seconds": 10.0}
+    bad = {"kind": "hvdtrain", "np": 2, "compression": "none", "error": "failed: see x/output.log",
+           "seconds": 3.0}
+    assert combine([ok, bad]) == {**bad, "seconds": 13.0}
+    both = combine([ok, {**ok, "images_per_s": 300.0, "allreduce_wait_share": None}])
+    assert (both["images_per_s"], both["allreduce_wait_share"], both["spread"]) == (200.0, 0.1, 1.0)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--np", "1,x"], "--np '1,x': 'x' is not a number of processes >= 1"),
+    (["--np", "0"], "--np '0': '0' is not a number of processes >= 1"),
+    (["--np", "2,2"], "--np '2,2' lists 2 twice"),
+    (["--compression", "fp8"], "--compression 'fp8': 'fp8' is not fp16 or none"),
+    (["--reference", "torch"], "--reference 'torch': the only reference is ddp"),
+    (["--steps", "0"], "--steps must be between 1 and 100000, got 0"),
+    (["--rounds", "0"], "--rounds must be between 1 and 100, got 0"),
+    (["--np", "3", "--hosts", "localhost:2"], "--np 3 needs more slots than --hosts has (2)"),
+])
+def test_bad_lists_are_refused_before_anything_runs(args: list[str], message: str,
+                                                    tmp_path: Path, in_cli) -> None:
+    proc = in_cli("bench", "digits-cnn", *args, "--run-dir", str(tmp_path / "b"))
+    assert proc.returncode == 2
+    assert message in " ".join(proc.stderr.split())
+    assert not (tmp_path / "b").exists()
+
+
+def test_installed_horovod_carries_this_checkouts_patch() -> None:
+    """The fp16 reduction below is hvdtrain's: the wheel was built from the current patch."""
+    from hvdtrain.machine import horovod_build_info
+    from hvdtrain.setup.horovod_build import detect_config
+
+    assert horovod_build_info()["key"] == detect_config().key
