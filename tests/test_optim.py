@@ -69,7 +69,8 @@ def test_fused_optimizer_makes_the_same_updates_as_the_per_parameter_loop(name):
     for model in models:
         model.eval()  # no dropout: both see the same function
     loop = load_recipe("digits-cnn", [f"optimizer.name={name}", "optimizer.fused=false"]).recipe
-    optimizers = [make_optimizer(models[0], recipe), make_optimizer(models[1], loop)]
+    optimizers = [make_optimizer(models[0], recipe.optimizer),
+                  make_optimizer(models[1], loop.optimizer)]
     assert [is_fused(o) for o in optimizers] == [True, False]
     x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
     for _ in range(3):
@@ -89,7 +90,7 @@ def test_models_the_fused_kernel_cannot_take_get_the_per_parameter_loop():
     recipe = load_recipe("digits-cnn").recipe
     assert can_fuse(build_model(recipe.model, (1, 8, 8), 10))
     sparse = torch.nn.Sequential(torch.nn.Embedding(10, 4, sparse=True), torch.nn.Linear(4, 2))
-    assert not can_fuse(sparse) and not is_fused(make_optimizer(sparse, recipe))
+    assert not can_fuse(sparse) and not is_fused(make_optimizer(sparse, recipe.optimizer))
     integer = torch.nn.Linear(2, 2)
     integer.register_parameter("count", torch.nn.Parameter(torch.zeros(1, dtype=torch.int64),
                                                            requires_grad=False))

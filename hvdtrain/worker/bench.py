@@ -74,7 +74,7 @@ def horovod_run(recipe: Recipe, warmup: int, steps: int, classes: int | None) ->
     share_cores()
     keep_freed_memory()  # as the training worker does (the DDP reference runs as users run it)
     model = model_of(recipe, classes)
-    optimizer = distributed_optimizer(model, recipe)
+    optimizer = distributed_optimizer(model, recipe.optimizer, recipe.horovod)
     x, y = batch(recipe, hvd.rank(), classes)
 
     def step() -> float:
@@ -111,7 +111,7 @@ def ddp_run(recipe: Recipe, warmup: int, steps: int, classes: int | None, hook: 
         model.register_comm_hook(None, default_hooks.fp16_compress_hook)
     from hvdtrain.worker.optim import make_optimizer
 
-    optimizer = make_optimizer(model, recipe)
+    optimizer = make_optimizer(model, recipe.optimizer)
     x, y = batch(recipe, rank, classes)
 
     def step() -> float:

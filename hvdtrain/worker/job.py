@@ -118,7 +118,8 @@ def build_job(recipe: Recipe, run_dir: RunDir, hooks: Hooks, beat: Heartbeat) ->
     sampler = hvd.elastic.ElasticSampler(range(data.train_size), shuffle=True,
                                          seed=recipe.train.seed)
     scaler = torch.amp.GradScaler("cuda") if recipe.train.precision == "fp16" else None
-    return Job(recipe, run_dir, data, model, distributed_optimizer(model, recipe), sampler, hooks,
+    optimizer = distributed_optimizer(model, recipe.optimizer, recipe.horovod)
+    return Job(recipe, run_dir, data, model, optimizer, sampler, hooks,
                beat, device, host_memory, scaler)
 
 

@@ -8,11 +8,11 @@ import hashlib
 import horovod.torch as hvd
 import torch
 
-from hvdtrain.recipe import Recipe
+from hvdtrain.recipe import HorovodConfig, OptimizerConfig
 
 
-def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    o = recipe.optimizer
+def make_optimizer(model: torch.nn.Module, o: OptimizerConfig) -> torch.optim.Optimizer:
+    """The recipe's torch optimizer for ``model`` (fused where PyTorch can)."""
     fused = o.fused and can_fuse(model)
     if o.name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=o.base_lr, momentum=o.momentum,
@@ -36,15 +36,15 @@ def is_fused(optimizer: torch.optim.Optimizer) -> bool:
     return all(bool(g.get("fused")) for g in optimizer.param_groups)
 
 
-def distributed_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def distributed_optimizer(model: torch.nn.Module, o: OptimizerConfig,
+                          hv: HorovodConfig) -> torch.optim.Optimizer:
     """The wrapped optimizer with primed state (see ``prime_optimizer_state``)."""
-    hv = recipe.horovod
     # Horovod: wrap the optimizer so gradients are ring-allreduced (fused, compressed) before
     # every step; fp16 compression halves the bytes on the wire. With k backward passes per step
     # it allreduces once every k backward() calls.
     # Gradients go in ~group_mb groups (one fused allreduce each) rather than tensor by tensor.
     optimizer = hvd.DistributedOptimizer(
-        make_optimizer(model, recipe), named_parameters=model.named_parameters(),
+        make_optimizer(model, o), named_parameters=model.named_parameters(),
         compression=hvd.Compression.fp16 if hv.compression == "fp16" else hvd.Compression.none,
         op=hvd.Adasum if hv.op == "adasum" else hvd.Average,
         gradient_predivide_factor=hv.gradient_predivide_factor,
