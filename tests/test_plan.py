@@ -250,3 +250,15 @@ def test_the_pre_launch_checks_report_every_problem_at_once(tmp_path: Path) -> N
     enough = Machine(gpus=2, memory_bytes=1 << 40, build={"controllers": {"gloo": True,
                                                                           "mpi": True}})
     assert machine_problems(plan, enough) == []
+
+
+def test_the_discovery_scripts_output_is_judged_without_running_it() -> None:
+    from hvdtrain.launcher.checks import discovery_output_problems
+
+    assert discovery_output_problems("d.sh", (0, "a:2\nb:2\n", ""), 4, None) == []
+    assert discovery_output_problems("d.sh", (3, "", "boom\nno hosts\n"), 2, None) == [
+        "elastic.host_discovery_script d.sh failed (exit code 3): no hosts"]
+    assert discovery_output_problems("d.sh", (0, "a\nb\n", ""), 3, 1) == [
+        "elastic.host_discovery_script d.sh: it printed 2 host(s) with 2 slot(s), fewer than "
+        "elastic.min_np=3: horovodrun would wait for more until elastic.elastic_timeout"]
+    assert discovery_output_problems("d.sh", "it cannot run", 2, None) == ["it cannot run"]

@@ -95,6 +95,33 @@ def discovery_problems(script: str, is_file: bool, executable: bool) -> list[str
     return []
 
 
+def discovery_output_problems(script: str, ran: tuple[int, str, str] | str, min_np: int,
+                              slots_per_host: int | None) -> list[str]:
+    """What one run of the discovery script (preflight.run_discovery) says about the elastic
+    run: a failure, or too few hosts or slots, which would make horovodrun wait until
+    elastic.elastic_timeout."""
+    if isinstance(ran, str):
+        return [ran]
+    code, stdout, stderr = ran
+    if code != 0:
+        tail = (stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        return [f"elastic.host_discovery_script {script} failed (exit code {code}): {tail}"]
+    hosts = {}
+    for line in stdout.splitlines():
+        name, _, slots = line.strip().partition(":")
+        if name:
+            hosts[name] = int(slots) if slots.isdigit() else (slots_per_host or 1)
+    found = f"it printed {len(hosts)} host(s) with {sum(hosts.values())} slot(s)"
+    if len(hosts) < 2:
+        return [f"elastic.host_discovery_script {script}: {found}; Horovod's elastic mode needs "
+                "at least 2 hosts (\"Cannot run in fault tolerance mode with fewer than 2 hosts\") "
+                "and would wait for them until elastic.elastic_timeout"]
+    if sum(hosts.values()) < min_np:
+        return [f"elastic.host_discovery_script {script}: {found}, fewer than elastic.min_np="
+                f"{min_np}: horovodrun would wait for more until elastic.elastic_timeout"]
+    return []
+
+
 def _flatten(data: object, prefix: str = "") -> dict[str, object]:
     if isinstance(data, dict):
         out: dict[str, object] = {}

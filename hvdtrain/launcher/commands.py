@@ -215,7 +215,7 @@ def run(*, recipe: str, overrides: list[str], np: int | None, hosts: str | None,
         no_check: bool, as_json: bool) -> int:
     """Plan, check remote hosts, launch, draw; returns the run's exit code."""
     from hvdtrain.launcher.launch import StopRequest, launch
-    from hvdtrain.launcher.prelaunch import plan_run
+    from hvdtrain.launcher.prelaunch import check_discovery_output, plan_run
 
     StopRequest.install()  # from here on, SIGUSR1 means "checkpoint and stop", never death
 
@@ -229,14 +229,7 @@ def run(*, recipe: str, overrides: list[str], np: int | None, hosts: str | None,
         return 0  # the run directory stays exactly as it was
     if not no_check:
         _preflight_remote(the_plan)
-    elastic = the_plan.recipe.elastic
-    if elastic and elastic.host_discovery_script:
-        from hvdtrain.launcher.preflight import check_discovery
-
-        problem = check_discovery(elastic.host_discovery_script, elastic.min_np,
-                                  elastic.slots_per_host)
-        if problem:
-            raise UserError(f"{problem}; nothing launched")
+    check_discovery_output(the_plan.recipe)
     return launch(the_plan, as_json=as_json)
 
 

@@ -151,10 +151,9 @@ def check_hosts(hosts: list[str], port: int | None = None, identity: str | None 
             "launching_host": me}
 
 
-def check_discovery(script: str, min_np: int, slots_per_host: int | None,
-                    timeout: float = 30.0) -> str | None:
-    """Run the elastic host discovery script once, as horovodrun will; the problem that would make
-    the run wait for hosts that never come (or fail at once), or None."""
+def run_discovery(script: str, timeout: float = 30.0) -> tuple[int, str, str] | str:
+    """Run the elastic host discovery script once, as horovodrun will: (exit code, stdout,
+    stderr), or why it could not run. The judge: checks.discovery_output_problems."""
     try:
         out = subprocess.run([script], capture_output=True, text=True, timeout=timeout,
                              stdin=subprocess.DEVNULL)
@@ -162,20 +161,4 @@ def check_discovery(script: str, min_np: int, slots_per_host: int | None,
         return f"elastic.host_discovery_script {script} printed nothing within {timeout:.0f} s"
     except OSError as exc:
         return f"elastic.host_discovery_script {script} cannot run: {exc.strerror}"
-    if out.returncode != 0:
-        tail = (out.stderr.strip().splitlines() or ["(no stderr)"])[-1]
-        return f"elastic.host_discovery_script {script} failed (exit code {out.returncode}): {tail}"
-    hosts = {}
-    for line in out.stdout.splitlines():
-        name, _, slots = line.strip().partition(":")
-        if name:
-            hosts[name] = int(slots) if slots.isdigit() else (slots_per_host or 1)
-    found = f"it printed {len(hosts)} host(s) with {sum(hosts.values())} slot(s)"
-    if len(hosts) < 2:
-        return (f"elastic.host_discovery_script {script}: {found}; Horovod's elastic mode needs at "
-                "least 2 hosts (\"Cannot run in fault tolerance mode with fewer than 2 hosts\") "
-                "and would wait for them until elastic.elastic_timeout")
-    if sum(hosts.values()) < min_np:
-        return (f"elastic.host_discovery_script {script}: {found}, fewer than elastic.min_np="
-                f"{min_np}: horovodrun would wait for more until elastic.elastic_timeout")
-    return None
+    return out.returncode, out.stdout, out.stderr

@@ -184,3 +184,18 @@ def check_resumable(folder: RunDir, recipe: Recipe, given: str) -> None:
     if conflicts:
         raise UserError(f"cannot resume {given}: the recipe changes what its checkpoints depend "
                         "on; use the original values or start a new run:", conflicts)
+
+
+def check_discovery_output(recipe: Recipe) -> None:
+    """`run` only (it runs user code): the elastic host discovery script once, as horovodrun
+    will, judged before launch."""
+    from hvdtrain.launcher.preflight import run_discovery
+
+    elastic = recipe.elastic
+    if not (elastic and elastic.host_discovery_script):
+        return
+    script = elastic.host_discovery_script
+    problems = checks.discovery_output_problems(script, run_discovery(script), elastic.min_np,
+                                                elastic.slots_per_host)
+    if problems:
+        raise UserError(f"{problems[0]}; nothing launched", problems[1:])

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from hvdtrain.events import (CheckpointEvent, DoneEvent, EpochEvent, Event, ResetEvent,
+                             ResumedEvent, StepEvent, StoppedEvent)
 from hvdtrain.launcher.display import _fmt, _fmt_acc
 from hvdtrain.manifest import STOPPED_EXIT
 
