@@ -171,6 +171,7 @@ EVENTS: dict[str, type] = {"start": StartEvent, "resumed": ResumedEvent, "step":
                            "warning": MessageEvent, "error": MessageEvent, "done": DoneEvent,
                            "beat": BeatEvent, "reset": ResetEvent, "stopped": StoppedEvent,
                            "bench": BenchEvent}
+FIELDS = {kind: frozenset(t.__annotations__) for kind, t in EVENTS.items()}  # read per event
 
 
 def problems(event: object) -> list[str]:
@@ -180,7 +181,7 @@ def problems(event: object) -> list[str]:
     kind = event.get("event")
     if kind not in EVENTS:
         return [f"unknown event kind {kind!r} (field 'event'; known: {', '.join(EVENTS)})"]
-    fields = set(EVENTS[kind].__annotations__)
+    fields = FIELDS[kind]
     found = [f"{kind} event: missing field {f!r}" for f in sorted(fields - set(event))]
     found += [f"{kind} event: unexpected field {f!r}" for f in sorted(set(event) - fields)]
     if kind == "start" and "schema" in event and event["schema"] != SCHEMA:

@@ -178,8 +178,9 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _fp16_needs_cuda(self) -> TrainConfig:
-        for problem in device_problems(self.device, self.precision, None, 1, "this host"):
-            raise ValueError(problem)
+        problems = device_problems(self.device, self.precision, None, 1, "this host")
+        if problems:
+            raise ValueError(problems[0])
         return self
 
     @field_validator("watchdog_seconds")

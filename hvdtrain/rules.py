@@ -17,9 +17,13 @@ def device_problems(device: str, precision: str, gpus: int | None, ranks: int,
         why = "train.device is cpu" if device == "cpu" else f"{where} has no usable NVIDIA GPU"
         return [f"train.precision=fp16 needs CUDA (fp16 autocast on CPUs is slow and unsupported "
                 f"for many ops), but {why}: use train.precision=bf16 or fp32 on CPUs"]
-    cuda = device == "cuda" or (device == "auto" and bool(gpus))
-    if cuda and gpus is not None and ranks > gpus:
+    if uses_cuda(device, gpus) and gpus is not None and ranks > gpus:
         return [f"{ranks} ranks on {where} but {gpus} GPU(s): hvdtrain runs one GPU per process; "
                 f"give it at most {gpus} slot(s) (--np {gpus} on one machine), or set "
                 "train.device=cpu"]
     return []
+
+
+def uses_cuda(device: str, gpus: int | None) -> bool:
+    """Whether ``train.device`` puts the ranks on CUDA on a host with ``gpus`` usable GPUs."""
+    return device == "cuda" or (device == "auto" and bool(gpus))

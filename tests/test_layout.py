@@ -168,9 +168,10 @@ def test_cli_commands_only_forward() -> None:
                                           and isinstance(s.value, ast.Constant))]
         assert len(body) <= 3, f.name
         forwards = [c for c in ast.walk(f) if isinstance(c, ast.Call)
-                    and isinstance(c.func, ast.Attribute) and c.func.attr == f.name]
-        assert len(forwards) >= 1 and all(not c.args for c in forwards), \
-            f"{f.name} forwards by keyword only"
+                    and isinstance(c.func, ast.Attribute)
+                    and ast.unparse(c.func.value) in ("_commands()", "commands")]
+        assert f.name in {c.func.attr for c in forwards}, f"{f.name} forwards to commands"
+        assert all(not c.args for c in forwards), f"{f.name} forwards by keyword only"
     assert "locals()" not in (PKG / "cli.py").read_text()
     # ... to keyword-only functions
     tree = ast.parse((PKG / "launcher" / "commands.py").read_text())

@@ -14,7 +14,7 @@ from rich.table import Table
 from hvdtrain.events import (CheckpointEvent, DoneEvent, EpochEvent, Event, ResetEvent,
                              ResumedEvent, StepEvent, StoppedEvent)
 from hvdtrain.launcher.display import _fmt, _fmt_acc
-from hvdtrain.manifest import STOPPED_EXIT
+from hvdtrain.manifest import INTERRUPTS, STOPPED_EXIT
 
 if TYPE_CHECKING:
     from hvdtrain.launcher.plan import Plan
@@ -130,7 +130,7 @@ class PlainView:
     def closing(self, code: int) -> str:
         if code == STOPPED_EXIT:
             return f"run stopped with a checkpoint (exit code {code}); run dir {self.plan.run_dir}"
-        if code in (129, 130, 143):  # SIGHUP, SIGINT, SIGTERM
+        if code in INTERRUPTS:
             return f"run interrupted (exit code {code}); run dir {self.plan.run_dir}"
         if code != 0:
             return f"run failed (exit code {code}); run dir {self.plan.run_dir}"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from hvdtrain.errors import UserError
-from hvdtrain.rules import device_problems
+from hvdtrain.rules import device_problems, uses_cuda
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -29,10 +29,11 @@ class Seen:
 def choose_device(setting: str, precision: str, seen: Seen) -> torch.device:
     """``train.device`` (auto | cpu | cuda) -> this rank's device, or a ``UserError`` saying why not."""
     gpus = seen.gpu_count if seen.cuda_available else 0
-    for problem in device_problems(setting, precision, gpus, seen.local_size, f"host {seen.host}"):
-        raise UserError(problem)
-    cuda = setting == "cuda" or (setting == "auto" and gpus > 0)
-    return torch.device("cuda", seen.local_rank) if cuda else torch.device("cpu")
+    problems = device_problems(setting, precision, gpus, seen.local_size, f"host {seen.host}")
+    if problems:
+        raise UserError(problems[0])
+    return torch.device("cuda", seen.local_rank) if uses_cuda(setting, gpus) else \
+        torch.device("cpu")
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
