@@ -12,12 +12,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+CLI_ENV = {"COLUMNS": "200", "NO_COLOR": "1"}  # both runners: wide, uncoloured output
 
 
 def hvdtrain(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
              timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the installed console script, as a user would."""
-    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    full_env = {**os.environ, **CLI_ENV, **(env or {})}
     return subprocess.run([str(BIN / "hvdtrain"), *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -35,7 +36,7 @@ def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGINT,
                                                     signal.SIGTERM, signal.SIGHUP)}
     argv, here, code = sys.argv, os.getcwd(), 0
-    with CliRunner().isolation(env={"COLUMNS": "200", "NO_COLOR": "1", **(env or {})}) as (
+    with CliRunner().isolation(env={**CLI_ENV, **(env or {})}) as (
             out, err, _):
         sys.argv = ["hvdtrain", *args]
         os.chdir(cwd or ROOT)
