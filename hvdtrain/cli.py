@@ -48,6 +48,10 @@ def _commands():
 
 RecipeArg = Annotated[str, typer.Argument(
     help="Recipe: a YAML path, or a shipped name such as digits-cnn (see `hvdtrain recipes`).")]
+ResumableRecipeArg = Annotated[Optional[str], typer.Argument(
+    help="Recipe: a YAML path, or a shipped name such as digits-cnn (see `hvdtrain recipes`). "
+         "With --resume leave it out: the run continues with its own recipe (overrides on top).",
+    show_default=False)]
 OverridesArg = Annotated[Optional[list[str]], typer.Argument(
     help="Overrides as KEY=VALUE with dotted keys, e.g. optimizer.base_lr=0.1 train.epochs=3.",
     show_default=False)]
@@ -152,7 +156,7 @@ def report(
 
 
 @app.command()
-def plan(recipe: RecipeArg, overrides: OverridesArg = None, np: NpOpt = None,
+def plan(recipe: ResumableRecipeArg = None, overrides: OverridesArg = None, np: NpOpt = None,
          hosts: HostsOpt = None, hostfile: HostfileOpt = None, resume: ResumeOpt = None,
          slurm: SlurmOpt = None, as_json: JsonOpt = False) -> None:
     """Show exactly what `hvdtrain run` would launch, and the numbers it derives. Launches nothing."""
@@ -163,7 +167,7 @@ def plan(recipe: RecipeArg, overrides: OverridesArg = None, np: NpOpt = None,
 
 @app.command()
 def run(
-    recipe: RecipeArg,
+    recipe: ResumableRecipeArg = None,
     overrides: OverridesArg = None,
     np: NpOpt = None,
     hosts: HostsOpt = None,

@@ -75,6 +75,7 @@ class Manifest(TypedDict, total=False):
     launcher_pid: int
     recipe_resolved: dict[str, Any]  # the one copy of every setting
     previous: Manifest  # --resume: the manifest this launch replaced
+    resume_changes: list[str]  # --resume: "key: old -> new" against the run's own recipe
     wire: Wire
     fused: bool  # the optimizer stepped with PyTorch's fused kernel
     worker_hosts: list[str]

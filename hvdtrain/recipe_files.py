@@ -4,6 +4,7 @@ validation error at once with its file, line and key. The schema itself: hvdtrai
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from pathlib import Path
@@ -228,9 +229,18 @@ def _read(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
 
 def load_recipe(source: str, overrides: list[str] | None = None) -> LoadedRecipe:
     """Read, override and validate a recipe; raise ``UserError`` listing every problem."""
-    overrides = list(overrides or [])
     path = resolve_recipe_path(source)
     raw, lines = _read(path)
+    return _validated(raw, list(overrides or []), path, lines, path.stem)
+
+
+def load_recorded(raw: dict, overrides: list[str], *, source: Path, name: str) -> LoadedRecipe:
+    """A recipe recorded as data (a run's ``recipe_resolved``), with ``overrides`` on top."""
+    return _validated(copy.deepcopy(raw), list(overrides), source, {}, name)
+
+
+def _validated(raw: dict, overrides: list[str], path: Path, lines: dict[tuple[str, ...], int],
+               name: str) -> LoadedRecipe:
     origin = apply_overrides(raw, overrides)
     try:
         recipe = Recipe.model_validate(raw)
@@ -238,6 +248,4 @@ def load_recipe(source: str, overrides: list[str] | None = None) -> LoadedRecipe
         problems, count = format_validation_errors(exc, str(path), lines, origin), exc.error_count()
         raise UserError(f"recipe {path} is invalid ({count} problem{'s' if count > 1 else ''}):",
                         problems) from None
-    return LoadedRecipe(name=path.stem, path=path, recipe=recipe, overrides=overrides)
-
-
+    return LoadedRecipe(name=name, path=path, recipe=recipe, overrides=overrides)

@@ -17,11 +17,15 @@ Standard library, PyYAML and the recipe schema only: no torch.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import shlex
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,11 @@ def default_run_dir(loaded: LoadedRecipe, now: float | None = None, prefix: str 
     elsewhere); `hvdtrain bench` uses the prefix ``bench-``."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     return (Path(loaded.recipe.launch.output_dir) / f"{prefix}{loaded.name}-{stamp}").resolve()
+
+
+def resume_command(path: Path) -> str:
+    """What a user types to continue the run in ``path`` (its own recipe, overrides optional)."""
+    return f"hvdtrain run --resume {shlex.quote(str(path))}"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -64,8 +73,18 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     checkpoint sorts after its epoch's and before the next)."""
     if not folder.is_dir():
         return []
-    found = [(pos, p) for p in folder.iterdir() if (pos := checkpoint_position(p)) is not None]
+    # Regular files only: opening a FIFO named like a checkpoint blocks the reader for good.
+    found = [(pos, p) for p in folder.iterdir()
+             if (pos := checkpoint_position(p)) is not None and p.is_file()]
     return [(pos[0], p) for pos, p in sorted(found)]
+
+
+def odd_checkpoint_names(folder: Path) -> list[Path]:
+    """Entries named like checkpoints that are not regular files (FIFOs, sockets, folders): the
+    readers skip them."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if checkpoint_position(p) and not p.is_file())
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -75,6 +94,10 @@ def is_complete_checkpoint(path: Path) -> bool:
         return path.stat().st_size > 0 and zipfile.is_zipfile(path)
     except OSError:
         return False
+
+
+class Busy(Exception):
+    """Another hvdtrain launch holds the run directory."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +166,31 @@ class RunDir:
         """(epoch, path) of the newest checkpoint file that is whole, or None."""
         return next(((e, p) for e, p in reversed(self.list_checkpoints())
                      if is_complete_checkpoint(p)), None)
+
+    @contextmanager
+    def locked(self) -> Iterator[int]:
+        """Hold this directory for one launch (``flock`` on the directory itself: the kernel lets
+        go when the last process holding the descriptor ends, however it ends, so a lock is never
+        stale). Yields the descriptor (not inherited unless passed on); raises ``Busy``."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Busy(self.path) from None
+            yield fd
+        finally:
+            os.close(fd)
+
+    def in_use(self) -> bool:
+        """Whether another launch holds this directory now (see ``locked``)."""
+        try:
+            with self.locked():
+                return False
+        except Busy:
+            return True
+        except OSError:
+            return False
 
     def write_recipe(self, recipe: Recipe) -> None:
         self.recipe_file.write_text(recipe.to_yaml())

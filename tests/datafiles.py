@@ -46,3 +46,27 @@ def write_cifar(folder: Path, per_batch: int = 4) -> Path:
         with (folder / name).open("wb") as fh:
             pickle.dump(batch, fh)
     return folder
+
+
+def fake_run(folder: Path, overrides: list[str] | None = None, epochs_done: int = 3,
+             checkpoint: bool = True) -> Path:
+    """A run directory as `hvdtrain run digits-cnn OVERRIDES` leaves it after ``epochs_done``
+    epochs (recipe.yaml, manifest.json, metrics.jsonl, checkpoints/), for the launcher's resume
+    checks, which read files only. The checkpoint is a zip archive, as torch.save writes."""
+    import json
+    import zipfile
+
+    from hvdtrain.recipe_files import load_recipe
+
+    recipe = load_recipe("digits-cnn", overrides or []).recipe
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "recipe.yaml").write_text(recipe.to_yaml())
+    (folder / "manifest.json").write_text(json.dumps({
+        "recipe": "digits-cnn", "status": "failed", "exit_status": 1, "launcher_pid": 1,
+        "recipe_resolved": recipe.model_dump(mode="json")}))
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"event": "epoch", "epoch": e}) + "\n" for e in range(1, epochs_done + 1)))
+    if checkpoint and epochs_done:
+        with zipfile.ZipFile(folder / "checkpoints" / f"epoch-{epochs_done:04d}.pt", "w") as z:
+            z.writestr("archive/data.pkl", b"stand-in")
+    return folder

@@ -78,7 +78,8 @@ CASES = [
                                                    + MARK + "']\n"},
      None),  # message checked by prefix below: PyYAML's wording
     ("resume-not-a-run-dir", ["digits-cnn", "--resume", "{d}"], {},
-     "error: cannot resume {d}: no recipe.yaml there (is it an hvdtrain run directory?)\n"),
+     "error: cannot resume {d}: no manifest.json there, so it is not a run hvdtrain started (a "
+     "run writes one when it launches); nothing in it was changed\n"),
     # YAML that would be slow, big or silently lossy
     ("alias-bomb", ["{d}/r.yaml"], {"r.yaml": BOMB},
      "error: {d}/r.yaml:1: YAML anchors and aliases (&name, *name) are not allowed in recipes: "

@@ -71,6 +71,9 @@ def test_weights_only_refuses_arbitrary_objects(tmp_path: Path) -> None:
     loaded = checkpoint.load_latest(tmp_path)
     assert loaded is not None and loaded.state["epoch"] == 1
     assert not marker.exists()
+    assert loaded.skipped == [(tmp_path / "epoch-0009.pt", (
+        "not a checkpoint hvdtrain wrote: it holds Python objects beyond tensors, which the safe "
+        "loader refuses to run"))]  # never torch's advice to load with weights_only=False
 
 
 def test_the_launcher_names_only_a_complete_checkpoint(tmp_path: Path) -> None:

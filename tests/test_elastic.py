@@ -115,4 +115,4 @@ def test_more_failures_than_the_reset_limit_stop_with_the_limit_named(run_cli, d
             "raise elastic.reset_limit, or fix what keeps failing, then resume from the last "
             "checkpoint") in proc.stdout
     assert f"last checkpoint: {run_dir}/checkpoints/epoch-0001.pt (epoch 1 complete)" in proc.stdout
-    assert f"resume with: hvdtrain run {run_dir}/recipe.yaml --resume {run_dir}" in proc.stdout
+    assert f"resume with: hvdtrain run --resume {run_dir}" in proc.stdout

@@ -57,7 +57,7 @@ def test_rank_raises_then_resume_continues_after_the_last_checkpoint(run_cli, ru
     assert "rank 1 (host localhost, local rank 1) failed first: exit code 1" in out
     assert "    RuntimeError: injected fault: rank 1 raised at epoch 2" in out
     assert f"last checkpoint: {run_dir}/checkpoints/epoch-0001.pt (epoch 1 complete)" in out
-    assert f"resume with: hvdtrain run {run_dir}/recipe.yaml --resume {run_dir}" in out
+    assert f"resume with: hvdtrain run --resume {run_dir}" in out
     # Worker tracebacks are folded to their exception line on screen (the summary shows the
     # tail); horovodrun's own traceback is kept in its log only.
     assert "[rank 1] RuntimeError: injected fault: rank 1 raised at epoch 2" in out
@@ -213,7 +213,7 @@ def test_interrupt_stops_all_workers_and_keeps_the_checkpoint(run_dir, sig, code
     assert time.monotonic() - t0 < 15
     assert proc.returncode == code, out
     assert f"interrupted by {sig.name}: stopped" in out
-    assert f"resume with: hvdtrain run {run_dir}/recipe.yaml --resume {run_dir}" in out
+    assert f"resume with: hvdtrain run --resume {run_dir}" in out
     assert leftovers(str(run_dir)) == []
     after = sorted((run_dir / "checkpoints").glob("epoch-*.pt"))
     # the interrupt took none away: the newest loads, at least as far as before the signal
@@ -245,8 +245,7 @@ def test_killed_hvdtrain_leaves_no_workers_and_a_run_marked_killed(run_dir) -> N
     assert manifest["status"] == "killed" and manifest["exit_status"] is None
     assert manifest["failure"][0].startswith(f"the hvdtrain process (pid {proc.pid}) died before "
                                              "the run ended")
-    assert manifest["failure"][1] == (f"resume with: hvdtrain run {run_dir}/recipe.yaml "
-                                      f"--resume {run_dir}")
+    assert manifest["failure"][1] == f"resume with: hvdtrain run --resume {run_dir}"
 
 
 def test_injection_strings_in_values_stay_inert(run_cli, run_dir, tmp_path: Path) -> None:

@@ -54,3 +54,29 @@ def test_rerun_is_a_no_op_when_installed() -> None:
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "already installed, built against torch" in proc.stdout
+
+
+def test_horovodrun_keeps_the_built_with_answers_beside_the_library(tmp_path) -> None:
+    """Patch item 8: "built with Gloo?" is a fact of the library file, so horovodrun asks it once
+    (a child importing torch: 1.3 s of every launch), keyed by the file's identity."""
+    import json
+    import os
+
+    from horovod.common import util
+
+    path, key = util._built_check_key("torch", "built with Gloo")
+    lib = path.replace(".extension_checks.json", "") + "mpi_lib_v2" + util.get_ext_suffix()
+    st = os.stat(lib)
+    assert key.startswith(f"{lib}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|built with Gloo|")
+    assert util._built_check_key("torch", "running with GPU") is None  # a run-time question
+    assert util._built_check_key("tensorflow", "built with Gloo") is None  # not built here
+    mine = (str(tmp_path / "checks.json"), key)
+    assert util._read_built_check(mine) is None
+    util._write_built_check(mine, True)
+    assert util._read_built_check(mine) == (True,)
+    assert util._read_built_check((mine[0], key.replace("|built with Gloo|", "|built with MPI|"))) \
+        is None  # another question, or a rebuilt library (another key), is asked again
+    (tmp_path / "checks.json").write_text("{not json")
+    assert util._read_built_check(mine) is None
+    assert util.gloo_built() is True  # the real answer, asked or kept
+    assert json.loads(open(path).read())[key] is True

@@ -215,9 +215,9 @@ def test_a_dry_run_refuses_bad_input_as_run_does(in_cli, tmp_path: Path) -> None
 
 
 def test_dry_run_of_a_resume_shows_the_real_argv(in_cli, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "recipe.yaml").write_text(load_recipe("digits-cnn").recipe.to_yaml())
+    from datafiles import fake_run
+
+    run_dir = fake_run(tmp_path / "run")
     before = sorted(p.name for p in run_dir.iterdir())
     args = ["digits-cnn", "train.epochs=20", "--resume", str(run_dir), "--json"]
     dry = in_cli("run", *args, "--dry-run")

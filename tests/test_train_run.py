@@ -152,14 +152,22 @@ def test_resume_continues_at_the_next_epoch_with_restored_optimizer_state(tmp_pa
     from hvdtrain.worker.optim import tensors_hash
 
     run_dir = tmp_path / "run"
-    first = run_cli("run", "digits-cnn", "train.epochs=1", *LOG5, "--run-dir", str(run_dir),
-                    timeout=300)
+    started = ["optimizer.base_lr=0.08", "horovod.compression=none",
+               "launch.env={HVD_TEST_MARK: kept}"]  # resume must keep each of these
+    first = run_cli("run", "digits-cnn", "train.epochs=1", *LOG5, *started, "--run-dir",
+                    str(run_dir), timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     saved = torch.load(run_dir / "checkpoints" / "epoch-0001.pt", weights_only=True)
     assert saved["optimizer"]["state"], "SGD momentum buffers are saved"
-    second = run_cli("run", "digits-cnn", "train.epochs=2", *LOG5, "--resume", str(run_dir),
-                     "--json", timeout=300)
+    second = run_cli("run", "--resume", str(run_dir), "train.epochs=2", "--json", timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["resume_changes"] == ["train.epochs: 1 -> 2"]
+    kept = manifest["recipe_resolved"]
+    assert (kept["optimizer"]["base_lr"], kept["horovod"]["compression"], kept["launch"]["env"],
+            kept["train"]["log_interval"]) == (0.08, "none", {"HVD_TEST_MARK": "kept"}, 5)
+    assert manifest["env"] == {"HVD_TEST_MARK": "kept"} and manifest["recipe"] == "digits-cnn"
+    assert manifest["wire"]["wire_dtype"] == "float32"  # compression none, as the run began
     events = [json.loads(x) for x in second.stdout.splitlines()]
     resumed = next(e for e in events if e["event"] == "resumed")
     assert resumed["epoch"] == 1

@@ -131,15 +131,29 @@ def _flatten(data: object, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("."): data}
 
 
-def resume_conflicts(saved: Recipe, new: Recipe) -> list[str]:
-    """Dotted keys (with old -> new values) that differ where the checkpoint depends on them."""
+def recipe_changes(saved: Recipe, new: Recipe) -> list[str]:
+    """Every dotted key that differs, as ``key: old -> new``, sorted."""
     a, b = _flatten(saved.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if any(key == bound or key.startswith(bound + ".") for bound in RESUME_BOUND) \
-                and a.get(key) != b.get(key):
-            out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return out
+
+    def shown(values: dict[str, object], key: str) -> str:
+        return repr(values[key]) if key in values else "(unset)"
+
+    return [f"{key}: {shown(a, key)} -> {shown(b, key)}" for key in sorted(set(a) | set(b))
+            if a.get(key, a) != b.get(key, b)]
+
+
+def resume_conflicts(saved: Recipe, new: Recipe) -> list[str]:
+    """The changes (``recipe_changes``) the checkpoints cannot take (RESUME_BOUND)."""
+    return [change for change in recipe_changes(saved, new)
+            if any(change.startswith((bound + ":", bound + ".")) for bound in RESUME_BOUND)]
+
+
+def in_use(given: str, pid: object) -> str:
+    """Another launch holds the run directory (its lock: rundir.RunDir.locked)."""
+    who = f"hvdtrain (pid {pid})" if isinstance(pid, int) else "another hvdtrain"
+    stop = f"kill -INT {pid}" if isinstance(pid, int) else "Ctrl-C in its terminal"
+    return (f"{given} is in use: {who} is running in it now; wait for it to end, or stop it "
+            f"({stop}) and resume then")
 
 
 def class_changes(recorded: list[str] | None, now: list[str], data_dir: str) -> list[str]:

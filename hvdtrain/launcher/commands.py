@@ -192,7 +192,7 @@ def _check_options(check: bool, ssh_port: int | None, ssh_identity_file: str | N
         raise UserError(f"--ssh-port must be a TCP port between 1 and 65535, got {ssh_port}")
 
 
-def plan(*, recipe: str, overrides: list[str], np: int | None, hosts: str | None,
+def plan(*, recipe: str | None, overrides: list[str], np: int | None, hosts: str | None,
          hostfile: str | None, run_dir: str | None, resume: str | None, slurm: bool | None,
          as_json: bool) -> int:
     """Print what `run` would launch (also `run --dry-run`); launches and writes nothing."""
@@ -210,7 +210,7 @@ def plan(*, recipe: str, overrides: list[str], np: int | None, hosts: str | None
     return 0
 
 
-def run(*, recipe: str, overrides: list[str], np: int | None, hosts: str | None,
+def run(*, recipe: str | None, overrides: list[str], np: int | None, hosts: str | None,
         hostfile: str | None, run_dir: str | None, resume: str | None, slurm: bool | None,
         no_check: bool, as_json: bool) -> int:
     """Plan, check remote hosts, launch, draw; returns the run's exit code."""

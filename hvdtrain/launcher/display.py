@@ -145,6 +145,7 @@ def print_plan(console: Console, plan: Plan) -> None:
                       f"predivide {r.horovod.gradient_predivide_factor:g}"),
         ("environment", ", ".join(f"{k}={v}" for k, v in plan.env.items()) or "(inherited only)"),
         ("run dir", str(plan.run_dir)),
+        *([("resume", resume_text(plan))] if plan.resume else []),
     ]
     for key, value in rows:  # one line each: paths and names are never cut
         console.print(f"[bold]{key:<14}[/] {escape(value)}", soft_wrap=True)
@@ -161,6 +162,14 @@ def print_plan(console: Console, plan: Plan) -> None:
     print_warnings(console, plan.warnings)
     console.print("[bold]horovodrun command:[/]")
     console.print(escape(plan.command), soft_wrap=True, highlight=False)
+
+
+def resume_text(plan: Plan) -> str:
+    """What `--resume` continues and how its recipe differs from the run's own."""
+    after = f"after epoch {plan.epochs_done}" if plan.epochs_done else "from epoch 1"
+    return (f"continues {after} with the run's own recipe"
+            + (f", changed: {'; '.join(plan.resume_changes)}" if plan.resume_changes
+               else ", unchanged"))
 
 
 def _device_text(setting: str, local_rank: int | None = None) -> str:

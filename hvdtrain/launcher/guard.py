@@ -18,18 +18,20 @@ import time
 from pathlib import Path
 
 from hvdtrain.manifest import Status
-from hvdtrain.rundir import RunDir
+from hvdtrain.rundir import RunDir, resume_command
 
 
 class Guard:
     """The launching side: start the guard for ``run_dir``; ``release`` it once the manifest
     records how the run ended."""
 
-    def __init__(self, run_dir: RunDir) -> None:
+    def __init__(self, run_dir: RunDir, lock_fd: int) -> None:
         read_fd, self._write_fd = os.pipe()  # both non-inheritable; pass_fds hands over one
+        # The guard also holds the run directory's lock (``lock_fd``, RunDir.locked): after a
+        # SIGKILL of hvdtrain no resume may start until the guard has marked the manifest.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hvdtrain.launcher.guard", str(read_fd), str(run_dir.path)],
-            pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            pass_fds=(read_fd, lock_fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
         os.close(read_fd)
 
@@ -54,7 +56,7 @@ def main(argv: list[str]) -> int:
     info.update(status=Status.KILLED, end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), failure=[
         f"the hvdtrain process (pid {pid}) died before the run ended (killed by a signal such as "
         f"SIGKILL, or by the out-of-memory killer); {stopped} leftover process(es) stopped",
-        f"resume with: hvdtrain run {run_dir.recipe_file} --resume {run_dir.path}"])
+        f"resume with: {resume_command(run_dir.path)}"])
     run_dir.write_manifest(info)
     return 0
 

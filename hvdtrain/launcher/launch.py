@@ -19,7 +19,7 @@ from hvdtrain.launcher.guard import Guard
 from hvdtrain.launcher.plan import Plan
 from hvdtrain.machine import installed_version
 from hvdtrain.manifest import STOPPED_EXIT, Manifest, Status, status_of_exit
-from hvdtrain.rundir import RunDir, checkpoint_position
+from hvdtrain.rundir import Busy, RunDir, checkpoint_position, resume_command
 
 
 def _git_commit() -> str | None:
@@ -79,12 +79,23 @@ def manifest(plan: Plan, started: float) -> Manifest:
     }
 
 
-def prepare_run_dir(plan: Plan) -> RunDir:
-    """Create the run directory (or reuse it for --resume); nothing is launched before this."""
+def create_run_dir(plan: Plan) -> RunDir:
+    """The run directory, created if new (empty: ``prepare_run_dir`` fills it, under the lock)."""
     folder = RunDir(plan.run_dir)
     if folder.path.exists() and not folder.path.is_dir():
         raise UserError(f"run directory {folder.path} is a file: choose another --run-dir "
                         "(or launch.output_dir)")
+    try:
+        folder.path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {folder.path}: {exc.strerror}: choose "
+                        "another --run-dir (or launch.output_dir)") from None
+    return folder
+
+
+def prepare_run_dir(plan: Plan, folder: RunDir) -> None:
+    """Refuse a directory this launch may not use, then write the recipe; nothing is launched
+    before this, and it runs holding the directory's lock."""
     queued = folder.is_queued()  # written by `hvdtrain sbatch` for this very run
     if not plan.resume and not queued and folder.path.exists() and any(folder.path.iterdir()):
         raise UserError(f"run directory {folder.path} already exists and is not empty: choose "
@@ -100,7 +111,6 @@ def prepare_run_dir(plan: Plan) -> RunDir:
     except OSError as exc:
         raise UserError(f"cannot create run directory {folder.path}: {exc.strerror}: choose "
                         "another --run-dir (or launch.output_dir)") from None
-    return folder
 
 
 class StopRequest:
@@ -191,17 +201,31 @@ def launch(plan: Plan, as_json: bool = False) -> int:
     stderr lines); SIGINT/SIGTERM stop every worker and exit 130/143; a run that makes no progress
     for ``train.watchdog_seconds`` is stopped (exit 124). No worker outlives this function.
     """
+    folder = create_run_dir(plan)
+    try:
+        with folder.locked() as lock:  # a second launch here is refused, never mixed in
+            return _launch(plan, folder, lock, as_json)
+    except Busy:
+        from hvdtrain.launcher.checks import in_use
+
+        raise UserError(in_use(str(folder.path), (folder.read_manifest() or {})
+                               .get("launcher_pid"))) from None
+
+
+def _launch(plan: Plan, folder: RunDir, lock: int, as_json: bool) -> int:
     from hvdtrain.launcher.runview import make_view
 
-    folder = prepare_run_dir(plan)
+    prepare_run_dir(plan, folder)
     info = manifest(plan, time.time())
     previous = folder.read_manifest() if plan.resume else None
     if previous is not None:
         info["previous"] = previous
+    if plan.resume:
+        info["resume_changes"] = plan.resume_changes
     folder.write_manifest(info)
     StopRequest.attach(folder)
     view = make_view(plan, as_json=as_json)
-    guard = Guard(folder)
+    guard = Guard(folder, lock)
     with folder.metrics_file.open("a") as metrics, RankLogs(folder, plan.np) as logs:
         stream = _Stream(plan, info, view, metrics, logs)
         view.begin()
@@ -324,7 +348,6 @@ def _resume_hint(plan: Plan) -> list[str]:
         return ["no complete checkpoint was written: nothing to resume"]
     epoch, path = found
     step = (checkpoint_position(path) or (epoch, 0))[1]
-    recipe = shlex.quote(str(RunDir(plan.run_dir).recipe_file))
     return [f"last checkpoint: {path} (epoch {epoch} complete"
             + (f", and {step} steps of epoch {epoch + 1})" if step else ")"),
-            f"resume with: hvdtrain run {recipe} --resume {shlex.quote(str(plan.run_dir))}"]
+            f"resume with: {resume_command(plan.run_dir)}"]

@@ -50,6 +50,7 @@ class Plan:
     run_dir: Path
     resume: bool = False
     epochs_done: int = 0  # with resume: the newest complete checkpoint's epoch
+    resume_changes: list[str] = field(default_factory=list)  # against the run's own recipe
     warnings: list[str] = field(default_factory=list)
     recipe_path: Path | None = None  # the recipe file the plan was made from
 
@@ -198,6 +199,7 @@ def plan_dict(plan: Plan) -> dict:
         "run_dir": str(plan.run_dir),
         "resume": plan.resume,
         "epochs_done": plan.epochs_done,
+        "resume_changes": plan.resume_changes,
         "warnings": plan.warnings,
         "recipe_resolved": plan.recipe.model_dump(mode="json"),
     }

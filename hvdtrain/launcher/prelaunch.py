@@ -16,37 +16,49 @@ from hvdtrain.imagefolder import scan
 from hvdtrain.launcher import checks
 from hvdtrain.launcher.hosts import Host, HostList, parse_hostfile, parse_hosts_arg
 from hvdtrain.launcher.plan import DATASET_SIZES, Plan, build_plan, default_horovodrun
+from hvdtrain.launcher.resumable import resume_run
 from hvdtrain.launcher.slurm import allocation_hosts, in_allocation
 from hvdtrain.machine import horovod_build_info
 from hvdtrain.recipe import Recipe
 from hvdtrain.recipe_files import LoadedRecipe, load_recipe
-from hvdtrain.rundir import RunDir, default_run_dir
+from hvdtrain.rundir import default_run_dir
 
 
-def plan_run(recipe: str, overrides: list[str] | None = None, *, np: int | None = None,
+def plan_run(recipe: str | None, overrides: list[str] | None = None, *, np: int | None = None,
              hosts: str | None = None, hostfile: str | None = None, run_dir: str | None = None,
              resume: str | None = None, slurm: bool | None = None) -> Plan:
     """What `hvdtrain plan` / `hvdtrain run` would launch: a new run in ``run_dir`` (default
-    ``<launch.output_dir>/<recipe>-<timestamp>``), or the continuation of the run in ``resume``."""
-    loaded = load_recipe(recipe, overrides or [])
-    if resume:
-        folder = Path(resume).resolve()
-        check_resumable(RunDir(folder), loaded.recipe, resume)
-        if run_dir and Path(run_dir).resolve() != folder:
-            raise UserError(f"--run-dir {run_dir} and --resume {resume} name different directories: "
-                            "--resume continues the run in its own directory; drop --run-dir")
-    else:
+    ``<launch.output_dir>/<recipe>-<timestamp>``), or the continuation of the run in ``resume``
+    (its own recipe with ``overrides`` on top: hvdtrain/launcher/resumable.py)."""
+    overrides = list(overrides or [])
+    if resume is None:
+        if recipe is None:
+            raise UserError("give a recipe: a shipped name (see `hvdtrain recipes`) or a YAML "
+                            "path; RECIPE may be left out only with --resume RUN_DIR")
+        loaded = load_recipe(recipe, overrides)
         folder = Path(run_dir).resolve() if run_dir else default_run_dir(loaded)
-    plan = make_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, slurm=slurm, run_dir=folder,
-                     resume=bool(resume))
+        return _checked(make_plan(loaded, np=np, hosts=hosts, hostfile=hostfile, slurm=slurm,
+                                  run_dir=folder))
+    if recipe is not None and "=" in recipe and not Path(recipe).exists():
+        recipe, overrides = None, [recipe, *overrides]  # `run --resume DIR KEY=VALUE ...`
+    found = resume_run(resume, recipe, overrides)
+    if run_dir and Path(run_dir).resolve() != found.folder.path:
+        raise UserError(f"--run-dir {run_dir} and --resume {resume} name different directories: "
+                        "--resume continues the run in its own directory; drop --run-dir")
+    plan = _checked(make_plan(found.loaded, np=np, hosts=hosts, hostfile=hostfile, slurm=slurm,
+                              run_dir=found.folder.path, resume=True))
+    plan.epochs_done, plan.resume_changes = found.epochs_done, found.changes
+    plan.warnings += found.notes
+    if plan.epochs_done >= plan.recipe.train.epochs:
+        plan.warnings.append(checks.nothing_to_do(plan))
+    return plan
+
+
+def _checked(plan: Plan) -> Plan:
+    """The plan, refused with every problem this machine has with it."""
     problems = checks.machine_problems(plan, this_machine())
     if problems:
         raise UserError(problems[0], problems[1:])
-    if resume:
-        newest = RunDir(folder).newest_complete_checkpoint()
-        plan.epochs_done = newest[0] if newest else 0
-        if plan.epochs_done >= plan.recipe.train.epochs:
-            plan.warnings.append(checks.nothing_to_do(plan))
     return plan
 
 
@@ -161,29 +173,6 @@ def probe_components(recipe: Recipe) -> dict | None:
     if "error" in found:
         raise UserError(found["error"])
     return found
-
-
-def check_resumable(folder: RunDir, recipe: Recipe, given: str) -> None:
-    """Refuse to continue ``folder`` with a recipe whose changes its checkpoints cannot take."""
-    if not folder.recipe_file.is_file():
-        raise UserError(f"cannot resume {given}: no recipe.yaml there (is it an hvdtrain run "
-                        "directory?)")
-    saved = load_recipe(str(folder.recipe_file)).recipe  # an edited one gets file:line errors
-    manifest = folder.read_manifest() or {}
-    recorded = manifest.get("recipe_resolved")
-    if isinstance(recorded, dict):  # what the checkpoints were trained with, even if recipe.yaml
-        try:                        # was edited since
-            saved = Recipe.model_validate(recorded)
-        except ValueError:
-            pass  # a manifest from another version: recipe.yaml is all we have
-    conflicts = checks.resume_conflicts(saved, recipe)
-    if recipe.data.dataset == "imagefolder":
-        conflicts += checks.class_changes(manifest.get("classes"),
-                                          scan(recipe.data.data_dir or ".").classes,
-                                          str(recipe.data.data_dir))
-    if conflicts:
-        raise UserError(f"cannot resume {given}: the recipe changes what its checkpoints depend "
-                        "on; use the original values or start a new run:", conflicts)
 
 
 def check_discovery_output(recipe: Recipe) -> None:

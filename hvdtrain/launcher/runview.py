@@ -13,7 +13,7 @@ from rich.table import Table
 
 from hvdtrain.events import (CheckpointEvent, DoneEvent, EpochEvent, Event, ResetEvent,
                              ResumedEvent, StepEvent, StoppedEvent)
-from hvdtrain.launcher.display import _fmt, _fmt_acc
+from hvdtrain.launcher.display import _fmt, _fmt_acc, resume_text
 from hvdtrain.manifest import INTERRUPTS, STOPPED_EXIT
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ def header_lines(plan: Plan) -> list[str]:
         f"  LR {plan.base_lr:g} -> peak {plan.peak_lr:g} over {plan.warmup_steps} warmup steps "
         f"({r.optimizer.decay} decay)",
         f"  run dir {plan.run_dir}",
+        *([f"  resume: {resume_text(plan)}"] if plan.resume else []),
     ]
 
 

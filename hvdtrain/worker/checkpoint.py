@@ -67,6 +67,17 @@ def save(folder: Path, epoch: int, state: dict[str, Any], keep: int,
     return final
 
 
+def unusable(exc: Exception) -> str:
+    """Why a checkpoint file did not load, in hvdtrain's words: torch's own advice for the safe
+    loader's refusal is to turn the safety off, which a checkpoint hvdtrain wrote never needs."""
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text:
+        return ("not a checkpoint hvdtrain wrote: it holds Python objects beyond tensors, which "
+                "the safe loader refuses to run")
+    first_line = (text.splitlines() or ["(no message)"])[0][:200]
+    return f"{type(exc).__name__}: {first_line}"
+
+
 def load_latest(folder: Path, required: tuple[str, ...] = ("epoch", "model")) -> Loaded | None:
     """The newest checkpoint that loads and has the ``required`` keys, or None if there is none."""
     skipped: list[tuple[Path, str]] = []
@@ -74,8 +85,7 @@ def load_latest(folder: Path, required: tuple[str, ...] = ("epoch", "model")) ->
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated zip, bad pickle, I/O error: all mean "not usable"
-            first_line = (str(exc).splitlines() or ["(no message)"])[0][:200]
-            skipped.append((path, f"{type(exc).__name__}: {first_line}"))
+            skipped.append((path, unusable(exc)))
             continue
         missing = [k for k in required if not isinstance(state, dict) or k not in state]
         if missing:

@@ -23,10 +23,6 @@ from hvdtrain.worker.sources import Batch
 # labels); summed per window, not per step (over 1 % of a digits step: docs/performance.md).
 Part = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
-# One micro-batch's metrics, kept as tensors until the log window ends: (mean loss, logits,
-# labels); summed per window, not per step (over 1 % of a digits step: docs/performance.md).
-Part = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
 
 class Meter:
     """Loss / correct / count sums of this rank's batches, allreduced once per log window.
