@@ -257,6 +257,8 @@ class LaunchConfig(_Section):
     ssh_port: Annotated[int, NotBool, Field(ge=1, le=65535)] | None = None
     ssh_identity_file: str | None = None
     start_timeout: PosInt = 30
+    # seconds the checks before launch may run user code (component probe, discovery script)
+    check_timeout: Annotated[int, NotBool, Field(gt=0, le=3600)] = 60
     env: dict[str, str] = {}
     output_dir: str = "runs"
 

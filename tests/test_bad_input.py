@@ -178,6 +178,20 @@ CASES = [
      "Horovod's elastic mode needs at least 2 hosts (\"Cannot run in fault tolerance mode with "
      "fewer than 2 hosts\") and would wait for them until elastic.elastic_timeout; nothing "
      "launched\n"),
+    ("discovery-prints-then-hangs",
+     ["digits-cnn", "launch.check_timeout=1",
+      "elastic={min_np: 1, host_discovery_script: '{d}/disc.sh'}"],
+     {"disc.sh": "#!/bin/sh\necho 127.0.0.2:1\necho 127.0.0.3:1\nsleep 60\n"},
+     "error: elastic.host_discovery_script {d}/disc.sh printed '127.0.0.2:1; 127.0.0.3:1' and then "
+     "did not finish within 1 s (launch.check_timeout); horovodrun runs it again every few "
+     "seconds and would hang with it: make it print its hosts and exit; nothing launched\n"),
+    ("discovery-prints-what-horovodrun-cannot-parse",
+     ["digits-cnn", "elastic={min_np: 1, host_discovery_script: '{d}/disc.sh'}"],
+     {"disc.sh": "#!/bin/sh\necho 127.0.0.2:1\necho '127.0.0.3 slots=1'\n"},
+     "error: elastic.host_discovery_script {d}/disc.sh printed line 2 '127.0.0.3 slots=1': invalid "
+     "hostname '127.0.0.3 slots=1': use letters, digits, '-' and '.' (an RFC 1123 hostname or an "
+     "IPv4 address); horovodrun reads one HOST or HOST:SLOTS per line and would fail on it; "
+     "nothing launched\n"),
     # image folders, components, devices
     ("image-folder-without-val", ["imagefolder-resnet", "data.data_dir={d}"], {"train/a/x.png": ""},
      "error: image folder {d} is not usable (1 problem):\n  {d}/val: missing: the layout is "
@@ -199,14 +213,7 @@ CASES = [
                                   "model.kwargs={train: -1}"], {},
      "error: model.component 'examples.custom_model:stripes' raised TypeError: stripes() got an "
      "unexpected keyword argument 'input_shape'\n"),
-    ("component-returns-no-model", ["digits-cnn", "model.component=examples.custom_model:Stripes",
-                                    "model.kwargs={}"], {},
-     "error: model.component 'examples.custom_model:Stripes' raised TypeError: "
-     "Stripes.__init__() got an unexpected keyword argument 'input_shape'\n"),
-    ("data-component-wrong-type", ["custom-model", "data.component=examples.custom_model:build",
-                                   "data.kwargs={input_shape: [1, 2, 2], num_classes: 2}"], {},
-     "error: data.component 'examples.custom_model:build' returned TinyMLPConv: it must return "
-     "(train_dataset, val_dataset, num_classes)\n"),
+    # (more component mistakes, checked by the same probe in process: test_component_checks.py)
     ("cuda-without-a-gpu", ["digits-cnn", "train.device=cuda"], {},
      "error: train.device=cuda, but this machine has no usable NVIDIA GPU: use train.device=auto "
      "(CUDA where there is one, else CPU) or cpu\n"),

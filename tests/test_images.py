@@ -155,6 +155,8 @@ def test_components_are_built_and_their_mistakes_named(tmp_path: Path, monkeypat
         "def boom(**kw):\n    raise ValueError('no data here')\n"
         "def three(): return ([1], [], 2)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # components come from the start directory (or PYTHONPATH)
+    monkeypatch.delenv("HVDTRAIN_COMPONENT_PACKAGES", raising=False)
     model = build_component_model("mine:good", {"width": 8}, (3, 4, 4), 5)
     assert isinstance(model, torch.nn.Linear) and model.out_features == 5
     cases = [
@@ -168,15 +170,36 @@ def test_components_are_built_and_their_mistakes_named(tmp_path: Path, monkeypat
          "data.component 'mine:three': its val_dataset is not a non-empty dataset (an object with "
          "__len__ and __getitem__)"),
         (lambda: data_component("nosuchmodule_xyz:f", {}),
-         "data.component 'nosuchmodule_xyz:f': cannot import nosuchmodule_xyz: "
-         "ModuleNotFoundError: No module named 'nosuchmodule_xyz' (modules are found from the "
-         "directory hvdtrain was started in and PYTHONPATH)"),
+         f"data.component 'nosuchmodule_xyz:f': module nosuchmodule_xyz not found from {tmp_path} "
+         "or PYTHONPATH: run hvdtrain from the directory that holds it (workers start in the same "
+         "directory), or add its folder to PYTHONPATH"),
+        # the standard library and installed packages are not the user's project
+        (lambda: data_component("subprocess:run", {"args": "touch x", "shell": True}),
+         f"data.component 'subprocess:run': module subprocess is not part of your project "
+         f"({tmp_path} or PYTHONPATH): it is installed ({subprocess_file()}). A recipe's "
+         "components run only your own code; to use an installed package, name it when you run "
+         "hvdtrain: HVDTRAIN_COMPONENT_PACKAGES=subprocess"),
     ]
     for call, message in cases:
         with pytest.raises(UserError) as info:
             call()
         assert str(info.value) == message
+    assert not (tmp_path / "x").exists()
+    monkeypatch.setenv("HVDTRAIN_COMPONENT_PACKAGES", "json")  # named by the user: allowed
+    with pytest.raises(UserError, match="^model.component 'json:loads' raised TypeError"):
+        build_component_model("json:loads", {}, (3, 4, 4), 5)
+    (tmp_path / "json.py").write_text("def build(**kw): pass\n")  # json is imported already
+    monkeypatch.delenv("HVDTRAIN_COMPONENT_PACKAGES")
+    with pytest.raises(UserError, match=f"^model.component 'json:build': {tmp_path}/json.py is "
+                                        "shadowed by the module json already imported from "):
+        build_component_model("json:build", {}, (3, 4, 4), 5)
     sys.modules.pop("mine", None)
+
+
+def subprocess_file() -> str:
+    import subprocess
+
+    return subprocess.__file__
 
 
 SEEN = dict(local_rank=1, local_size=2, host="node1")

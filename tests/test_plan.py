@@ -262,3 +262,17 @@ def test_the_discovery_scripts_output_is_judged_without_running_it() -> None:
         "elastic.host_discovery_script d.sh: it printed 2 host(s) with 2 slot(s), fewer than "
         "elastic.min_np=3: horovodrun would wait for more until elastic.elastic_timeout"]
     assert discovery_output_problems("d.sh", "it cannot run", 2, None) == ["it cannot run"]
+    # what horovodrun's parser (split on ':', int(slots)) would fail on, each line named
+    said = "; horovodrun reads one HOST or HOST:SLOTS per line and would fail on it"
+    assert discovery_output_problems("d.sh", (0, "a:2\nb slots=1\nc:abc\nd:\n:3\ne:1:2\n",
+                                              ""), 2, None) == [
+        "elastic.host_discovery_script d.sh printed line 2 'b slots=1': invalid hostname "
+        "'b slots=1': use letters, digits, '-' and '.' (an RFC 1123 hostname or an IPv4 "
+        "address)" + said,
+        "elastic.host_discovery_script d.sh printed line 3 'c:abc': slots 'abc' is not a "
+        "positive whole number" + said,
+        "elastic.host_discovery_script d.sh printed line 4 'd:': slots '' is not a positive "
+        "whole number" + said,
+        "elastic.host_discovery_script d.sh printed line 5 ':3': no host name" + said,
+        "elastic.host_discovery_script d.sh printed line 6 'e:1:2': 'e:1:2' has more than one "
+        "':': write host:slots (an ssh port goes in launch.ssh_port)" + said]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hvdtrain.launcher.hosts import hostname_problem
 from hvdtrain.launcher.plan import Plan
 from hvdtrain.recipe import IN_MEMORY, Recipe
 from hvdtrain.rules import device_problems
@@ -106,11 +107,18 @@ def discovery_output_problems(script: str, ran: tuple[int, str, str] | str, min_
     if code != 0:
         tail = (stderr.strip().splitlines() or ["(no stderr)"])[-1]
         return [f"elastic.host_discovery_script {script} failed (exit code {code}): {tail}"]
-    hosts = {}
-    for line in stdout.splitlines():
-        name, _, slots = line.strip().partition(":")
-        if name:
-            hosts[name] = int(slots) if slots.isdigit() else (slots_per_host or 1)
+    hosts, bad = {}, []
+    for number, line in enumerate(stdout.splitlines(), 1):
+        name, colon, slots = line.strip().partition(":")
+        problem = _discovery_line_problem(line.strip())
+        if problem:
+            bad.append(f"elastic.host_discovery_script {script} printed line {number} "
+                       f"{line.strip()!r}: {problem}; horovodrun reads one HOST or HOST:SLOTS "
+                       "per line and would fail on it")
+        elif name:
+            hosts[name] = int(slots) if colon else (slots_per_host or 1)
+    if bad:
+        return bad
     found = f"it printed {len(hosts)} host(s) with {sum(hosts.values())} slot(s)"
     if len(hosts) < 2:
         return [f"elastic.host_discovery_script {script}: {found}; Horovod's elastic mode needs "
@@ -120,6 +128,19 @@ def discovery_output_problems(script: str, ran: tuple[int, str, str] | str, min_
         return [f"elastic.host_discovery_script {script}: {found}, fewer than elastic.min_np="
                 f"{min_np}: horovodrun would wait for more until elastic.elastic_timeout"]
     return []
+
+
+def _discovery_line_problem(line: str) -> str | None:
+    """What horovodrun's discovery parser (``host:slots``, split on ':', int(slots)) would trip
+    on in one line of the script's output; None for a good or empty line."""
+    if not line:
+        return None
+    name, colon, slots = line.partition(":")
+    if line.count(":") > 1 or not name:
+        return hostname_problem(line) if name else "no host name"
+    if colon and not (slots.isdigit() and int(slots) > 0):
+        return f"slots {slots!r} is not a positive whole number"
+    return hostname_problem(name)
 
 
 def _flatten(data: object, prefix: str = "") -> dict[str, object]:

@@ -95,12 +95,19 @@ def _validate_one(source: str, load_recipe: bool) -> dict:
     from hvdtrain import recipe, recipe_files
     from hvdtrain.launcher.hosts import parse_hostfile
 
+    from hvdtrain.launcher.prelaunch import component_files
+
+    code: list[str] = []
     try:
-        warnings = (recipe.recipe_warnings(recipe_files.load_recipe(source, []).recipe)
-                    if load_recipe else list(parse_hostfile(source).warnings))
+        if load_recipe:
+            loaded = recipe_files.load_recipe(source, []).recipe
+            warnings = recipe.recipe_warnings(loaded)
+            code = [f"{key} from {path}" for key, _, path in component_files(loaded)]
+        else:
+            warnings = list(parse_hostfile(source).warnings)
     except UserError as exc:
         return {"source": source, "ok": False, "errors": exc.lines(), "warnings": []}
-    return {"source": source, "ok": True, "errors": [], "warnings": warnings}
+    return {"source": source, "ok": True, "errors": [], "warnings": warnings, "runs_code": code}
 
 
 def hosts(*, hostfile: str | None, check: bool, ssh_port: int | None,

@@ -102,6 +102,8 @@ def print_validation(results: list[dict]) -> None:
     for r in results:
         if r["ok"]:
             print(f"OK     {r['source']}", flush=True)
+            for line in r.get("runs_code", []):
+                print(f"       runs code: {line}", flush=True)
             for w in r["warnings"]:
                 print(f"       warning: {w}", flush=True)
         else:
@@ -129,6 +131,7 @@ def print_plan(console: Console, plan: Plan) -> None:
         ("recipe", f"{plan.recipe_name}: {r.description}"),
         ("data", f"{r.data.dataset}, {plan.train_samples} train / {plan.eval_samples} eval samples"),
         ("model", r.model.component or f"{r.model.arch} (width {r.model.width})"),
+        *[("runs code", f"{key} from {file}") for key, _, file in plan.components],
         ("optimizer", f"{r.optimizer.name}, {r.optimizer.lr_scaling} LR scaling, "
                       f"{r.optimizer.warmup_epochs:g} warmup epoch(s), {r.optimizer.decay} decay"),
         ("compute", f"{_device_text(r.train.device)}, precision {r.train.precision}"),

@@ -40,7 +40,7 @@ class HostList:
         return sum(h.slots for h in self.hosts)
 
 
-def _check_hostname(name: str) -> str | None:
+def hostname_problem(name: str) -> str | None:
     if name.count(":") > 1:
         try:
             ipaddress.IPv6Address(name)
@@ -79,12 +79,12 @@ def parse_entry(entry: str) -> tuple[str | None, int | None, str | None]:
         if len(fields) > 1:
             return None, None, f"unexpected {' '.join(fields[1:])!r} after {head!r}"
         name, slots_text = head.split(":")
-        err = _check_hostname(name)
+        err = hostname_problem(name)
         if err:
             return None, None, err
         slots, err = _parse_slots(slots_text)
         return (name, slots, None) if err is None else (None, None, err)
-    err = _check_hostname(head)
+    err = hostname_problem(head)
     if err:
         return None, None, err
     rest = fields[1:]

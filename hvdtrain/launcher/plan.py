@@ -51,6 +51,7 @@ class Plan:
     resume: bool = False
     epochs_done: int = 0  # with resume: the newest complete checkpoint's epoch
     resume_changes: list[str] = field(default_factory=list)  # against the run's own recipe
+    components: list[tuple[str, str, str]] = field(default_factory=list)  # (key, spec, its file)
     warnings: list[str] = field(default_factory=list)
     recipe_path: Path | None = None  # the recipe file the plan was made from
 
@@ -200,6 +201,7 @@ def plan_dict(plan: Plan) -> dict:
         "resume": plan.resume,
         "epochs_done": plan.epochs_done,
         "resume_changes": plan.resume_changes,
+        "components": [{"key": k, "spec": spec, "file": f} for k, spec, f in plan.components],
         "warnings": plan.warnings,
         "recipe_resolved": plan.recipe.model_dump(mode="json"),
     }

@@ -151,14 +151,21 @@ def check_hosts(hosts: list[str], port: int | None = None, identity: str | None 
             "launching_host": me}
 
 
-def run_discovery(script: str, timeout: float = 30.0) -> tuple[int, str, str] | str:
+def run_discovery(script: str, timeout: float = 60.0) -> tuple[int, str, str] | str:
     """Run the elastic host discovery script once, as horovodrun will: (exit code, stdout,
-    stderr), or why it could not run. The judge: checks.discovery_output_problems."""
+    stderr), or why it could not run. It and whatever it starts are stopped after ``timeout``
+    (launch.check_timeout). The judge: checks.discovery_output_problems."""
+    from hvdtrain.launcher.helpers import run_helper
+
     try:
-        out = subprocess.run([script], capture_output=True, text=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return f"elastic.host_discovery_script {script} printed nothing within {timeout:.0f} s"
+        ran = run_helper([script], timeout=timeout)
     except OSError as exc:
         return f"elastic.host_discovery_script {script} cannot run: {exc.strerror}"
-    return out.returncode, out.stdout, out.stderr
+    if ran.code is None:
+        printed = ran.stdout.strip().splitlines()
+        said = (f"printed {'; '.join(printed[:3])!r}{' ...' if len(printed) > 3 else ''} and "
+                "then did not finish" if printed else "printed nothing")
+        return (f"elastic.host_discovery_script {script} {said} within {timeout:g} s "
+                "(launch.check_timeout); horovodrun runs it again every few seconds and would "
+                "hang with it: make it print its hosts and exit")
+    return ran.code, ran.stdout, ran.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -80,8 +79,10 @@ def make_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None 
     host_list = resolve_hosts(recipe, np, hosts, hostfile, slurm)
     found = probe_components(recipe)
     sizes = (found["train_samples"], found["eval_samples"]) if found else dataset_sizes(recipe)
-    return build_plan(loaded, host_list, sizes, np=np, run_dir=run_dir, python=python,
+    plan = build_plan(loaded, host_list, sizes, np=np, run_dir=run_dir, python=python,
                       horovodrun=horovodrun or default_horovodrun(), resume=resume)
+    plan.components = [(key, spec, str(path)) for key, spec, path in component_files(recipe)]
+    return plan
 
 
 def this_machine() -> checks.Machine:
@@ -132,44 +133,48 @@ def dataset_sizes(recipe: Recipe) -> tuple[int, int]:
     return DATASET_SIZES[data.dataset]
 
 
-def find_module(name: str) -> bool:
-    """Whether ``name`` can be imported the way a worker will (the working directory, then
-    PYTHONPATH, then this interpreter's path), found without running any of its code."""
-    from importlib.machinery import PathFinder
+def component_files(recipe: Recipe) -> list[tuple[str, str, Path]]:
+    """(key, spec, file) of each component the recipe names: the code it runs on every rank.
+    Refuses a module outside the user's project (hvdtrain/component_paths.py)."""
+    from hvdtrain.component_paths import component_file
 
-    path = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
-            *sys.path]
-    parts = name.split(".")
-    for i in range(len(parts)):
-        spec = PathFinder.find_spec(".".join(parts[:i + 1]), path)
-        if spec is None:
-            return False
-        path = list(spec.submodule_search_locations or [])
-    return True
+    found, problems = [], []
+    for key, spec in (("data.component", recipe.data.component),
+                      ("model.component", recipe.model.component)):
+        if spec:
+            try:
+                found.append((key, spec, component_file(key, spec)))
+            except ValueError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise UserError(problems[0], problems[1:])
+    return found
 
 
 def probe_components(recipe: Recipe) -> dict | None:
-    """For a recipe with ``data.component`` or ``model.component``: check the modules can be
-    found here, then build data and model once in a child process (torch stays out of this one);
-    returns what it found (sizes, classes, parameters). Refuses the recipe with the reason."""
-    specs = [(key, spec) for key, spec in (("data.component", recipe.data.component),
-                                           ("model.component", recipe.model.component)) if spec]
+    """For a recipe with ``data.component`` or ``model.component``: check the modules are the
+    user's own, then build data and model once and push one batch through the model in a child
+    process (torch stays out of this one); returns what it found (sizes, classes, parameters).
+    Refuses the recipe with the reason."""
+    from hvdtrain.launcher.helpers import run_helper
+
+    specs = [spec for _, spec, _ in component_files(recipe)]
     if not specs:
         return None
-    for key, spec in specs:
-        module = spec.partition(":")[0]
-        if not find_module(module):
-            raise UserError(f"{key} {spec!r}: module {module} not found from {os.getcwd()} or "
-                            "PYTHONPATH: run hvdtrain from the directory that holds it (workers "
-                            "start in the same directory), or add its folder to PYTHONPATH")
-    out = subprocess.run([sys.executable, "-m", "hvdtrain.worker.probe"],
-                         input=json.dumps(recipe.model_dump(mode="json")), capture_output=True,
-                         text=True, timeout=600)
+    what, limit = ", ".join(specs), recipe.launch.check_timeout
+    if sys.stderr.isatty():
+        print(f"checking {what} (building data and model once) ...", file=sys.stderr, flush=True)
+    ran = run_helper([sys.executable, "-m", "hvdtrain.worker.probe"], timeout=limit,
+                     input_text=json.dumps(recipe.model_dump(mode="json")))
+    said = (ran.stderr.strip().splitlines() or ran.stdout.strip().splitlines() or ["no output"])
+    if ran.code is None:
+        raise UserError(f"checking {what} took longer than launch.check_timeout={limit} s (does "
+                        "it hang at import, or wait for something?): stopped it and every process "
+                        f"it started; nothing launched. Its last line: {said[-1]}")
     try:
-        found = json.loads(out.stdout.strip().splitlines()[-1])
+        found = json.loads(ran.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        raise UserError(f"checking {', '.join(s for _, s in specs)} failed before launch: "
-                        + (out.stderr.strip().splitlines() or ["no output"])[-1]) from None
+        raise UserError(f"checking {what} failed before launch: {said[-1]}") from None
     if "error" in found:
         raise UserError(found["error"])
     return found
@@ -184,7 +189,8 @@ def check_discovery_output(recipe: Recipe) -> None:
     if not (elastic and elastic.host_discovery_script):
         return
     script = elastic.host_discovery_script
-    problems = checks.discovery_output_problems(script, run_discovery(script), elastic.min_np,
+    ran = run_discovery(script, recipe.launch.check_timeout)
+    problems = checks.discovery_output_problems(script, ran, elastic.min_np,
                                                 elastic.slots_per_host)
     if problems:
         raise UserError(f"{problems[0]}; nothing launched", problems[1:])

@@ -6,19 +6,22 @@ torchtune's ``_component_``, Hydra's ``_target_`` and Lightning's ``class_path``
 - ``data.component``: ``factory(**data.kwargs)`` returns ``(train_dataset, val_dataset,
   num_classes)``; each dataset item is ``(image tensor, class index)``.
 
-Modules are imported the way ``python -m`` finds them: from the directory hvdtrain was started in
-(horovodrun starts every worker there) and from ``PYTHONPATH``. Anything that goes wrong stops the
-run with the component named and the reason.
+Modules come from the directory hvdtrain was started in (horovodrun starts every worker there)
+and from ``PYTHONPATH`` only, never the standard library or installed packages unless the user
+allows one (hvdtrain/component_paths.py). Anything that goes wrong stops the run with the
+component named and the reason.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from hvdtrain.component_paths import component_file
 from hvdtrain.errors import UserError
 
 
@@ -26,11 +29,19 @@ def resolve(spec: str, key: str) -> Callable[..., Any]:
     """The callable that ``spec`` ("package.module:factory") names."""
     module_name, _, attr = spec.partition(":")
     try:
+        expected = component_file(key, spec)  # the user's own code only (component_paths.py)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - ImportError or an error inside the module
         raise UserError(f"{key} {spec!r}: cannot import {module_name}: {type(exc).__name__}: "
                         f"{exc} (modules are found from the directory hvdtrain was started in "
                         "and PYTHONPATH)") from None
+    loaded = getattr(module, "__file__", None)
+    if loaded is None or Path(loaded).resolve() != expected.resolve():
+        raise UserError(f"{key} {spec!r}: {expected} is shadowed by the module {module_name} "
+                        f"already imported from {loaded or 'Python itself'}: rename your module")
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UserError(f"{key} {spec!r}: {module_name} has no callable {attr!r}")
