@@ -27,13 +27,23 @@ class Folder:
 
 
 def _images(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(str(p) for p in folder.iterdir() if not p.name.startswith(".")
+                  and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def class_names(split_dir: Path) -> list[str]:
-    """One split's class folders, sorted (in ``train/``: class index = position)."""
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    """One split's class folders, sorted (in ``train/``: class index = position). Hidden
+    folders (``.ipynb_checkpoints``, ``.git``) are never classes."""
+    return sorted(p.name for p in split_dir.iterdir()
+                  if p.is_dir() and not p.name.startswith("."))
+
+
+def _readable(folder: Path, problems: list[str], call):  # noqa: ANN001, ANN202 - a listing
+    try:
+        return call(folder)
+    except OSError as exc:
+        problems.append(f"{folder}: cannot read it ({exc.strerror}): check its permissions")
+        return None
 
 
 def _split(root: Path, split: str, problems: list[str]) -> dict[str, list[str]]:
@@ -42,12 +52,16 @@ def _split(root: Path, split: str, problems: list[str]) -> dict[str, list[str]]:
     if not folder.is_dir():
         problems.append(f"{folder}: missing: the layout is {LAYOUT}")
         return {}
-    classes = {name: _images(folder / name) for name in class_names(folder)}
-    if not classes:
+    names = _readable(folder, problems, class_names)
+    if names is None:
+        return {}
+    listed = {name: _readable(folder / name, problems, _images) for name in names}
+    classes = {name: paths or [] for name, paths in listed.items()}  # unreadable: named above
+    if not listed:
         problems.append(f"{folder}: no class folders: put each class's images in "
                         f"{folder}/<class>/")
-    for name, paths in classes.items():
-        if not paths:
+    for name, paths in listed.items():
+        if paths == []:
             problems.append(f"{folder / name}: no images ({', '.join(IMAGE_SUFFIXES)}): add "
                             "some or remove the folder")
     return classes

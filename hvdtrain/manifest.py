@@ -107,5 +107,20 @@ def status_of(info: Manifest, alive: bool) -> Status:
 
 def setting(info: Manifest, section: str, key: str) -> Any:
     """One setting of the run (``recipe_resolved[section][key]``), None when not recorded."""
-    part = (info.get("recipe_resolved") or {}).get(section)
+    recipe = info.get("recipe_resolved")
+    part = recipe.get(section) if isinstance(recipe, dict) else None
     return part.get(key) if isinstance(part, dict) else None
+
+
+# The numbers every reader of an epoch record uses (runs, report): a record without them is
+# counted as unreadable by both, so the two never disagree on how many epochs a run did.
+EPOCH_NUMBERS = ("epoch", "train_loss", "train_acc", "images_per_s")
+
+
+def records(rows: list[dict[str, Any]], kind: str, numeric: tuple[str, ...]) -> tuple[list, int]:
+    """The metrics records of one ``kind`` whose ``numeric`` fields are numbers (what readers
+    plot and sum), and how many records of that kind were not (edited or from another version)."""
+    mine = [r for r in rows if r.get("event") == kind]
+    good = [r for r in mine if all(isinstance(r.get(f), (int, float)) and
+                                   not isinstance(r.get(f), bool) for f in numeric)]
+    return good, len(mine) - len(good)

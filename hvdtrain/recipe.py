@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from hvdtrain.errors import UserError
+from hvdtrain.recipe_yaml import SafeLoader
 from hvdtrain.rules import device_problems
 from hvdtrain.schedule import LRConfig, steps_per_epoch
 
@@ -34,7 +35,6 @@ MAX_INT = 2**31 - 1  # Horovod reads its flags into C ints; no count or size her
 MAX_RECIPE_BYTES = 256 << 10  # a recipe is a few KiB; this bounds the time to validate one
 MAX_PROBLEMS = 50  # listed per recipe; the rest are counted
 # libyaml's C parser where PyYAML was built with it (the wheels are): ~10x faster on big files.
-SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _not_bool(value: object) -> object:
@@ -332,7 +332,7 @@ class Recipe(_Section):
     @classmethod
     def from_yaml(cls, text: str) -> Recipe:
         """The inverse of ``to_yaml`` (a resolved recipe, as saved in a run directory)."""
-        return cls.model_validate(yaml.safe_load(text))
+        return cls.model_validate(yaml.load(text, Loader=SafeLoader))
 
 
 def recipe_warnings(recipe: Recipe) -> list[str]:

@@ -19,7 +19,8 @@ from pydantic import (
 
 from hvdtrain.errors import UserError
 
-from hvdtrain.recipe import (MAX_PROBLEMS, MAX_RECIPE_BYTES, RECIPES_DIR, Recipe, SafeLoader)
+from hvdtrain.recipe import MAX_PROBLEMS, MAX_RECIPE_BYTES, RECIPES_DIR, Recipe
+from hvdtrain.recipe_yaml import SafeLoader, TooLong
 
 # ---------------------------------------------------------------------------------------------
 # Loading: file or bare name, overrides, and every error at once.
@@ -71,7 +72,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
                         "e.g. optimizer.base_lr=0.1 or train.epochs=3")
     try:
         refuse_aliases(m.group(2), f"override {item!r}", lines=False)
-        value = yaml.safe_load(m.group(2)) if m.group(2).strip() else None
+        value = yaml.load(m.group(2), Loader=SafeLoader) if m.group(2).strip() else None
+    except TooLong as exc:  # YAML, but a value no setting takes
+        shown = item if len(item) <= 60 else item[:40] + f"... ({len(item)} characters)"
+        raise UserError(f"override {shown!r}: {exc.problem}") from None
     except yaml.YAMLError:
         value = m.group(2)  # not YAML: take it as the literal string, the schema judges it
     return m.group(1).split("."), value
@@ -217,7 +221,8 @@ def _read(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise UserError(f"{where}: YAML syntax error: {problem}") from None
+        kind = "" if isinstance(exc, TooLong) else "YAML syntax error: "
+        raise UserError(f"{where}: {kind}{problem}") from None
     if raw is None:
         raise UserError(f"recipe {path} is empty: start from a shipped one, e.g. "
                         "`hvdtrain show digits-cnn > my-recipe.yaml`")

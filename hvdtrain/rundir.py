@@ -205,8 +205,8 @@ class RunDir:
     def read_metrics(self) -> tuple[list[dict[str, Any]], int]:
         """The records of metrics.jsonl, and how many lines were unreadable (cut off by a killed
         writer); no file means no records."""
-        try:
-            lines = self.metrics_file.read_text().splitlines()
+        try:  # bytes: a line of binary garbage is one bad record, not an unreadable file
+            lines = self.metrics_file.read_bytes().decode("utf-8", "replace").splitlines()
         except OSError:
             return [], 0
         records, bad = [], 0

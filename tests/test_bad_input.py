@@ -55,6 +55,15 @@ CASES = [
     ("hostfile-injection", ["digits-cnn", "--hostfile", "{d}/hf"], {"hf": "`touch " + MARK + "` slots=1\n"},
      "error: invalid host list {d}/hf (1 problem):\n  {d}/hf:1: invalid hostname '`touch': use "
      "letters, digits, '-' and '.' (an RFC 1123 hostname or an IPv4 address)\n"),
+    ("hostfile-is-dev-zero", ["digits-cnn", "--hostfile", "/dev/zero"], {},  # never ends
+     "error: hostfile /dev/zero is not a regular file (a directory, device, FIFO or socket): give "
+     "the path of a text file\n"),
+    ("int-too-long-in-override", ["digits-cnn", "train.epochs=" + "9" * 5000], {},
+     "error: invalid override:\n  override 'train.epochs=999999999999999999999999999... (5013 "
+     "characters)': a number of 5000 digits is longer than any setting takes (at most 40)\n"),
+    ("int-too-long-in-file", ["{d}/r.yaml"], {"r.yaml": "train:\n  epochs: " + "9" * 5000 + "\n"},
+     "error: {d}/r.yaml:2: a number of 5000 digits is longer than any setting takes (at most "
+     "40)\n"),
     ("hostfile-missing", ["digits-cnn", "--hostfile", "{d}/nope"], {},
      "error: hostfile not found: {d}/nope\n"),
     ("hostfile-zero-slots", ["digits-cnn", "--hostfile", "{d}/hf"], {"hf": "node1 slots=0\n"},

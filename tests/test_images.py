@@ -34,6 +34,50 @@ def test_scan_reads_the_layout_with_sorted_classes(folder: Path) -> None:
     assert all(Path(p).parent.name == found.classes[label] for p, label in found.train)
 
 
+def test_hidden_folders_are_never_classes_and_the_plan_lists_the_classes(folder: Path, tmp_path,
+                                                                         in_cli) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(folder, copy)
+    for split in ("train", "val"):  # what Jupyter and editors leave behind
+        (copy / split / ".ipynb_checkpoints").mkdir()
+        Image.new("RGB", (8, 8)).save(copy / split / ".ipynb_checkpoints" / "x.png")
+        Image.new("RGB", (8, 8)).save(copy / split / sorted(CLASSES)[0] / ".hidden.png")
+    found = scan(copy)
+    assert found.classes == sorted(CLASSES) and len(found.train) == len(scan(folder).train)
+    small = [f"data.data_dir={copy}", "data.batch_size=4"]
+    planned = in_cli("plan", "imagefolder-resnet", *small, "--json")
+    assert json_of(planned)["classes"] == sorted(CLASSES)
+    text = in_cli("plan", "imagefolder-resnet", *small).stdout
+    assert f"classes        4: {', '.join(sorted(CLASSES))}\n" in text
+
+
+def json_of(proc) -> dict:  # noqa: ANN001
+    import json
+
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_an_unreadable_class_folder_is_named(folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """(As root nothing is unreadable: the listing is made to fail as it does for other users.)"""
+    locked = folder / "train" / sorted(CLASSES)[1]
+    real = Path.iterdir
+
+    def iterdir(self: Path):  # noqa: ANN202
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(UserError) as info:
+        scan(folder)
+    assert info.value.lines() == [
+        f"image folder {folder} is not usable (1 problem):",
+        f"{locked}: cannot read it (Permission denied): check its permissions"]
+
+
 def test_bench_counts_the_classes_scan_would_use(folder: Path, tmp_path: Path) -> None:
     from hvdtrain.launcher.bench import image_classes
     from hvdtrain.recipe_files import load_recipe

@@ -37,8 +37,8 @@ def test_report_draws_the_runs_data_and_names_runs_by_what_differs(tmp_path: Pat
                  tail='{"event": "epo')  # a line cut off by a killed writer
     runs = [load_run(str(a)), load_run(str(b))]
     name_runs(runs)
-    assert [r.label for r in runs] == ["np=1, compression=fp16",
-                                       "np=2, compression=none (still running)"]
+    assert [r.label for r in runs] == ["np=1, horovod.compression=fp16",
+                                       "np=2, horovod.compression=none (still running)"]
     fig = figure(runs)
     acc_axis = fig.axes[1]
     eval_lines = [ln for ln in acc_axis.get_lines() if ln.get_label().endswith(" eval")]
@@ -70,3 +70,38 @@ def test_report_command_writes_beside_a_single_run(tmp_path: Path, in_cli) -> No
     data = json.loads(proc.stdout)
     assert data["png"] == str(run / "report.png") and (run / "report.png").stat().st_size > 0
     assert data["runs"][0]["np"] == 2 and data["runs"][0]["wall_seconds"] == 12
+
+
+def test_readers_skip_what_they_cannot_read_and_say_so(tmp_path: Path, in_cli) -> None:
+    """Binary bytes, records missing a field or of the wrong type, manifest fields of the wrong
+    type, a bad slurm.json: counted or listed as unreadable, never a traceback; a legend names
+    every setting the runs differ in; the loss axis is logarithmic."""
+    a = make_run(tmp_path / "runs" / "a", 1, "fp16", [0.5, 0.8],
+                 tail='{"event": "epoch", "epoch": 3}\n{"event": "epoch", "epoch": "x"}\n')
+    with (a / "metrics.jsonl").open("ab") as f:
+        f.write(b"\x00\xff\xfe binary\n")
+    b = make_run(tmp_path / "runs" / "b", 1, "none", [0.6, 0.7])
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest.update(hosts=7, np="two", start_time=12)  # edited by hand, badly
+    manifest["recipe_resolved"]["train"]["epochs"] = 5
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    queued = tmp_path / "runs" / "q"
+    (queued / "logs").mkdir(parents=True)
+    for name, text in (("recipe.yaml", "train: {epochs: 2}\n"), ("job.sbatch", "#!/bin/sh\n"),
+                       ("slurm.json", "[1, 2]")):
+        (queued / name).write_text(text)
+    rows = {r["name"]: r for r in json.loads(in_cli("runs", str(tmp_path / "runs"),
+                                                     "--json").stdout)}
+    assert rows["a"]["epochs_done"] == 2 and rows["b"]["hosts"] == [] and rows["b"]["np"] is None
+    assert rows["q"]["status"] == "unreadable (slurm.json is not one hvdtrain sbatch wrote)"
+    assert in_cli("runs", str(tmp_path / "runs")).returncode == 0
+    runs = [load_run(str(a)), load_run(str(b))]
+    assert [len(r.epochs) for r in runs] == [2, 2] and runs[0].skipped_lines == 3
+    name_runs(runs)
+    assert [r.label for r in runs] == ["np=1, horovod.compression=fp16, train.epochs=3",
+                                       "np=two, horovod.compression=none, train.epochs=5"]
+    assert figure(runs).axes[0].get_yscale() == "log"
+    proc = in_cli("report", str(a), "-o", str(tmp_path / "out.txt"))
+    assert (proc.returncode, proc.stderr) == (2, f"error: -o {tmp_path / 'out.txt'}: the report "
+                                                 "is a PNG picture: give a path ending in .png\n")
+    assert not (tmp_path / "out.txt").exists() and not (tmp_path / "out.txt.png").exists()

@@ -132,6 +132,7 @@ def print_plan(console: Console, plan: Plan) -> None:
         ("data", f"{r.data.dataset}, {plan.train_samples} train / {plan.eval_samples} eval samples"),
         ("model", r.model.component or f"{r.model.arch} (width {r.model.width})"),
         *[("runs code", f"{key} from {file}") for key, _, file in plan.components],
+        *([("classes", _names(plan.classes))] if plan.classes else []),
         ("optimizer", f"{r.optimizer.name}, {r.optimizer.lr_scaling} LR scaling, "
                       f"{r.optimizer.warmup_epochs:g} warmup epoch(s), {r.optimizer.decay} decay"),
         ("compute", f"{_device_text(r.train.device)}, precision {r.train.precision}"),
@@ -165,6 +166,13 @@ def print_plan(console: Console, plan: Plan) -> None:
     print_warnings(console, plan.warnings)
     console.print("[bold]horovodrun command:[/]")
     console.print(escape(plan.command), soft_wrap=True, highlight=False)
+
+
+def _names(classes: list[str], shown: int = 12) -> str:
+    """``N: a, b, c`` (index order), the first ``shown`` of many."""
+    listed = ", ".join(classes[:shown]) + (f", ... {len(classes) - shown} more"
+                                            if len(classes) > shown else "")
+    return f"{len(classes)}: {listed}"
 
 
 def resume_text(plan: Plan) -> str:

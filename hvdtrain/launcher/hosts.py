@@ -138,12 +138,20 @@ def _same_machine_warnings(hosts: list[Host]) -> list[str]:
     return []
 
 
+MAX_HOSTFILE_BYTES = 1 << 20
+
+
 def parse_hostfile(path: str | Path) -> HostList:
     path = Path(path)
     try:
+        if not path.is_file():  # a FIFO would block, /dev/zero never end
+            raise UserError(f"hostfile {path} is not a regular file (a directory, device, FIFO "
+                            "or socket): give the path of a text file" if path.exists() else
+                            f"hostfile not found: {path}")
+        if path.stat().st_size > MAX_HOSTFILE_BYTES:
+            raise UserError(f"hostfile {path} is larger than {MAX_HOSTFILE_BYTES >> 20} MiB: a "
+                            "hostfile has one short line per host")
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"hostfile not found: {path}") from None
     except OSError as exc:
         raise UserError(f"cannot read hostfile {path}: {exc.strerror}") from None
     try:

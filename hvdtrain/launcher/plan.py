@@ -52,6 +52,7 @@ class Plan:
     epochs_done: int = 0  # with resume: the newest complete checkpoint's epoch
     resume_changes: list[str] = field(default_factory=list)  # against the run's own recipe
     components: list[tuple[str, str, str]] = field(default_factory=list)  # (key, spec, its file)
+    classes: list[str] | None = None  # an image folder's, in class-index order
     warnings: list[str] = field(default_factory=list)
     recipe_path: Path | None = None  # the recipe file the plan was made from
 
@@ -202,6 +203,7 @@ def plan_dict(plan: Plan) -> dict:
         "epochs_done": plan.epochs_done,
         "resume_changes": plan.resume_changes,
         "components": [{"key": k, "spec": spec, "file": f} for k, spec, f in plan.components],
+        "classes": plan.classes,
         "warnings": plan.warnings,
         "recipe_resolved": plan.recipe.model_dump(mode="json"),
     }

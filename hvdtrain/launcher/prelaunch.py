@@ -78,10 +78,13 @@ def make_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None 
             raise UserError(problems[0], problems[1:])
     host_list = resolve_hosts(recipe, np, hosts, hostfile, slurm)
     found = probe_components(recipe)
-    sizes = (found["train_samples"], found["eval_samples"]) if found else dataset_sizes(recipe)
+    folder = scan(recipe.data.data_dir or ".") if recipe.data.dataset == "imagefolder" else None
+    sizes = ((found["train_samples"], found["eval_samples"]) if found else
+             (len(folder.train), len(folder.val)) if folder else dataset_sizes(recipe))
     plan = build_plan(loaded, host_list, sizes, np=np, run_dir=run_dir, python=python,
                       horovodrun=horovodrun or default_horovodrun(), resume=resume)
     plan.components = [(key, spec, str(path)) for key, spec, path in component_files(recipe)]
+    plan.classes = folder.classes if folder else None
     return plan
 
 

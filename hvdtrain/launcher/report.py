@@ -13,14 +13,12 @@ from typing import Any
 
 from hvdtrain.errors import UserError
 from hvdtrain.launcher.runs import describe
-from hvdtrain.manifest import Manifest, Status, setting
+from hvdtrain.manifest import EPOCH_NUMBERS, Manifest, Status, records
 from hvdtrain.rundir import RunDir
 
-# What a run is named by when runs differ in it (manifest or resolved-recipe values).
-DIFFERS = [("recipe", lambda m: m.get("recipe")), ("np", lambda m: m.get("np")),
-           ("compression", lambda m: setting(m, "horovod", "compression")),
-           ("precision", lambda m: setting(m, "train", "precision")),
-           ("base_lr", lambda m: setting(m, "optimizer", "base_lr"))]
+# Settings that never tell runs apart in a legend; at most this many keys name a run.
+IGNORED = ("description", "launch.output_dir")
+MAX_LABEL_KEYS = 4
 
 
 @dataclass
@@ -44,18 +42,37 @@ def load_run(path: str) -> Run:
     if not isinstance(manifest, dict) or "argv" not in manifest:
         raise UserError(f"{path} is not an hvdtrain run directory (no readable manifest.json): "
                         "give directories that `hvdtrain run` created (see `hvdtrain runs`)")
-    records, bad = folder.read_metrics()
-    return Run(folder.path, manifest, [r for r in records if r.get("event") == "step"],
-               [r for r in records if r.get("event") == "epoch"], bad)
+    rows, bad = folder.read_metrics()
+    steps, odd_steps = records(rows, "step", ("global_step", "lr"))
+    epochs, odd_epochs = records(rows, "epoch", EPOCH_NUMBERS)
+    return Run(folder.path, manifest, steps, epochs, bad + odd_steps + odd_epochs)
+
+
+def _settings(m: Manifest) -> dict[str, Any]:
+    """The run's recipe as dotted keys (and np), for telling runs apart."""
+    def flat(data: object, prefix: str) -> dict[str, Any]:
+        if isinstance(data, dict):
+            return {k: v for key, sub in data.items() for k, v in flat(sub, f"{prefix}{key}.")
+                    .items()}
+        return {prefix.rstrip("."): data}
+
+    recorded = m.get("recipe_resolved")
+    out = flat(recorded, "") if isinstance(recorded, dict) else {}
+    out = {k: v for k, v in out.items() if not k.startswith(IGNORED)}
+    return {"recipe": m.get("recipe"), "np": m.get("np"), **out}
 
 
 def name_runs(runs: list[Run]) -> None:
-    """Label each run by the settings that differ between the runs (else by its directory)."""
-    differing = [(key, get) for key, get in DIFFERS
-                 if len({json.dumps(get(r.manifest)) for r in runs}) > 1]
-    for r in runs:
-        parts = [f"{key}={get(r.manifest)}" for key, get in differing]
-        r.label = ", ".join(parts) if parts else r.folder.name
+    """Label each run by every setting that differs between the runs (at most MAX_LABEL_KEYS,
+    else by its directory)."""
+    settings = [_settings(r.manifest) for r in runs]
+    keys = ["recipe", "np", *sorted({k for s in settings for k in s} - {"recipe", "np"})]
+    differing = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in settings}) > 1]
+    for r, mine in zip(runs, settings):
+        parts = [f"{k}={mine.get(k)}" for k in differing[:MAX_LABEL_KEYS]]
+        more = len(differing) - MAX_LABEL_KEYS
+        r.label = (", ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+                   if parts else r.folder.name)
     labels = [r.label for r in runs]
     for r in runs:
         if labels.count(r.label) > 1 and r.label != r.folder.name:  # same settings: say which
@@ -91,6 +108,8 @@ def figure(runs: list[Run]):
                 color=line.get_color(), label=r.label)
         speed.plot(ep, [e["images_per_s"] for e in r.epochs], marker=".",
                    color=line.get_color(), label=r.label)
+    if all(v > 0 for line in loss.get_lines() for v in line.get_ydata()):
+        loss.set_yscale("log")  # one diverged run must not flatten the others' curves
     for ax, title, xlabel in ((loss, "loss", "epoch"), (acc, "accuracy", "epoch"),
                               (lr, "learning rate (logged steps)", "global step"),
                               (speed, "images/s (all ranks)", "epoch")):
@@ -128,6 +147,8 @@ def report(paths: list[str], out: str | None) -> tuple[Path, list[dict[str, Any]
     name_runs(runs)
     target = Path(out) if out else (runs[0].folder / "report.png" if len(runs) == 1
                                     else Path("report.png"))
+    if target.suffix.lower() != ".png":
+        raise UserError(f"-o {out}: the report is a PNG picture: give a path ending in .png")
     try:
         figure(runs).savefig(target)
     except OSError as exc:
