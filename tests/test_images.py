@@ -177,6 +177,18 @@ def test_bad_image_stop_names_the_file_and_skip_counts_it(folder: Path, tmp_path
             batches = list(source.train_batches([0, index, 2]))
             assert [len(y) for _, y in batches] == [2]
             assert [b.path for b in source.take_skipped()] == [str(broken)]
+            empty = list(source.train_batches([index]))  # no image decoded: shaped, empty
+            assert [tuple(x.shape) for x, _ in empty] == [(0, 3, 16, 16)]
+    first = Path(scan(root).train[0][0])  # the shape comes from the first image that decodes
+    first.write_bytes(b"not an image")
+    for mode in ("stop", "skip"):
+        cfg = DataConfig(dataset="imagefolder", data_dir=str(root), image_size=16, batch_size=4,
+                         on_bad_image=mode)
+        if mode == "stop":
+            with pytest.raises(DataError, match=rf"^cannot decode image {first} "):
+                open_source(cfg, 0, pin_memory=False)
+        else:
+            assert open_source(cfg, 0, pin_memory=False).input_shape == (3, 16, 16)
 
 
 def test_loader_workers_keep_the_batches_and_their_order(folder: Path) -> None:

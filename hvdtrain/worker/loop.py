@@ -46,7 +46,7 @@ from hvdtrain.rundir import checkpoint_path
 from hvdtrain.schedule import lr_at
 from hvdtrain.worker import checkpoint
 from hvdtrain.worker.board import open_board
-from hvdtrain.worker.data import eval_shard
+from hvdtrain.worker.data import DataError, eval_shard
 from hvdtrain.worker.job import Counters, Job
 from hvdtrain.worker.optim import state_hash
 from hvdtrain.worker.sources import Batch
@@ -129,6 +129,9 @@ def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
         sync_buffers(job.model)
         counters.eval_loss, counters.eval_acc = evaluate(job)
     report_skipped(job, epoch)
+    if not meter.epoch[2] and meter.epoch_steps:  # (all ranks: the counts are allreduced)
+        raise DataError(f"epoch {epoch}: no training image could be decoded (data.on_bad_image: "
+                        "skip skipped them all): check the files in data.data_dir")
     due = epoch % train.checkpoint_every == 0 or last or meter.stop
     rng = rng_states() if due else None
     if hvd.rank() != 0:

@@ -95,10 +95,20 @@ class Loaded:
                 ds, batch_size=batch, sampler=sampler, num_workers=self.cfg.loader_workers,
                 persistent_workers=self.cfg.loader_workers > 0, pin_memory=self.pin_memory,
                 collate_fn=collate))
-        first = self.train[0]
-        if isinstance(first, BadImage):
-            raise DataError(f"cannot decode image {first.path} ({first.reason})")
-        self.input_shape = tuple(first[0].shape)
+        self.input_shape = self._first_shape()
+
+    def _first_shape(self) -> tuple[int, ...]:
+        """The input shape, from the first training image that decodes (with on_bad_image: skip
+        a bad first image is skipped here too)."""
+        for i in range(len(self.train)):
+            item = self.train[i]
+            if not isinstance(item, BadImage):
+                return tuple(item[0].shape)
+            if self.cfg.on_bad_image == "stop":
+                raise DataError(f"cannot decode image {item.path} ({item.reason}): fix or remove "
+                                "the file, or set data.on_bad_image: skip")
+        raise DataError(f"none of the {len(self.train)} training images can be decoded: check "
+                        "data.data_dir")
 
     def _batches(self, split: str, indices: list[int]) -> Iterator[Batch]:
         sampler, loader = self._loaders[split]
@@ -109,6 +119,8 @@ class Loaded:
                     raise DataError(f"cannot decode image {b.path} ({b.reason}): fix or remove the "
                                     "file, or set data.on_bad_image: skip")
                 self.skipped.append(b)
+            if not len(y):  # nothing decoded: an empty batch of the right shape (step.py)
+                x = torch.zeros((0, *self.input_shape))
             yield x, y
 
     def train_batches(self, indices: list[int]) -> Iterator[Batch]:
