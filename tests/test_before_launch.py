@@ -4,6 +4,7 @@ modules so `make test-fast` runs them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,9 @@ def test_a_failed_round_fails_its_configuration() -> None:
     (["--steps", "0"], "--steps must be between 1 and 100000, got 0"),
     (["--rounds", "0"], "--rounds must be between 1 and 100, got 0"),
     (["--np", "3", "--hosts", "localhost:2"], "--np 3 needs more slots than --hosts has (2)"),
+    (["--np", "1000"], f"--np 1000 is more processes than this machine's {os.cpu_count()} cores: "
+                       "ranks would share cores"),
+    (["--np", "1" + "0" * 20], f"--np '1{'0' * 20}': '1{'0' * 20}' is not a number of processes"),
 ])
 def test_bad_lists_are_refused_before_anything_runs(args: list[str], message: str,
                                                     tmp_path: Path, in_cli) -> None:

@@ -4,10 +4,14 @@ schema, the table at 80 columns, bad lists refused, a data set that needs files 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import hvdtrain
+from conftest import BIN, hvdtrain
 
 pytestmark = pytest.mark.horovod
 
@@ -99,3 +103,42 @@ def test_a_data_set_that_needs_files_is_benched_on_synthetic_input(tmp_path: Pat
                     *SMALL, "--run-dir", str(tmp_path / "b"), "--json", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["results"][0]["images_per_s"] > 0
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130),
+                                           (signal.SIGHUP, 129), (signal.SIGKILL, -9)])
+def test_a_stopped_bench_leaves_no_process(tmp_path: Path, sig, code) -> None:
+    """As `run` does: a signal stops horovodrun and every rank first, then hvdtrain exits with
+    128 + the signal; killed outright, horovodrun dies with it (PR_SET_PDEATHSIG) and takes the
+    ranks along."""
+    folder = tmp_path / "b"
+    proc = subprocess.Popen([str(BIN / "hvdtrain"), "bench", "digits-cnn", "--np", "2",
+                             "--compression", "none", "--steps", "100000", "--warmup", "1",
+                             "--run-dir", str(folder)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def ours() -> list[int]:
+        return [p.pid for p in psutil.process_iter(["cmdline"])
+                if str(folder) in " ".join(p.info["cmdline"] or []) and p.pid != proc.pid]
+
+    deadline = time.monotonic() + 60
+    while len(ours()) < 2 and time.monotonic() < deadline:  # horovodrun and the ranks started
+        time.sleep(0.2)
+    assert ours(), "the bench never started"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    deadline = time.monotonic() + 20
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ours() == []
+
+
+def test_a_data_component_is_benched_at_its_probed_shape(tmp_path: Path) -> None:
+    """The shipped custom-model recipe (data and model components) used to fail in bench."""
+    proc = hvdtrain("bench", "custom-model", "--np", "1", "--compression", "none", *SMALL,
+                    "--run-dir", str(tmp_path / "b"), "--json", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)["results"][0]
+    assert result["images_per_s"] > 0
+    assert result["allreduce_mb_per_step"] == pytest.approx(16_802 * 4 / 1e6)  # its parameters

@@ -99,7 +99,7 @@ def test_a_helper_is_stopped_with_its_children_and_what_it_printed_is_kept() -> 
     assert ran.code is None and ran.stdout.startswith("host-a:1 ")
     assert time.monotonic() - started < 10
     child = int(ran.stdout.split()[1])
-    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert gone(child)
 
 
 def test_a_helper_that_exits_is_not_held_by_a_child_keeping_the_pipe() -> None:
@@ -110,7 +110,7 @@ def test_a_helper_that_exits_is_not_held_by_a_child_keeping_the_pipe() -> None:
     ran = run_helper([sys.executable, "-c", script], timeout=30)
     assert ran.code == 0 and time.monotonic() - started < 10
     child = int(ran.stdout)
-    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert gone(child)
 
 
 def test_a_component_that_hangs_at_import_is_stopped_at_check_timeout(tmp_path: Path,
@@ -161,3 +161,16 @@ def test_a_recipe_cannot_run_the_standard_library_or_installed_packages(tmp_path
         {"key": key, "spec": f"examples.custom_model:{name}",
          "file": f"{ROOT}/examples/custom_model.py"}
         for key, name in (("data.component", "stripes"), ("model.component", "build"))]
+
+
+def gone(pid: int) -> bool:
+    """The process ended (killed with its helper's group), within a few seconds."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False

@@ -17,7 +17,6 @@ import os
 import shlex
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -62,7 +61,7 @@ def parse_list(flag: str, text: str, parse: Callable[[str], object],
 
 
 def positive(item: str) -> int:
-    value = int(item)
+    value = int(item) if len(item) <= 6 else 0  # (no rank count has more digits)
     if value < 1:
         raise ValueError(item)
     return value
@@ -72,6 +71,19 @@ def compression(item: str) -> str:
     if item not in COMPRESSIONS:
         raise ValueError(item)
     return item
+
+
+def check_world(np: int, host_list: HostList) -> None:
+    """Enough slots for the largest --np; on this machine alone, at most one rank per core
+    (more would share cores, and the numbers would measure the sharing)."""
+    if np > host_list.total_slots:
+        raise UserError(f"--np {np} needs more slots than {host_list.source} has "
+                        f"({host_list.total_slots}): lower --np or add hosts")
+    cores = os.cpu_count() or 1
+    if host_list.source == "this machine" and np > cores:
+        raise UserError(f"--np {np} is more processes than this machine's {cores} cores: ranks "
+                        "would share cores and the numbers would measure that; lower --np, or "
+                        "give --hosts/--hostfile to bench more hosts")
 
 
 def check_options(*, reference: str | None, warmup: int, steps: int, rounds: int) -> None:
@@ -142,23 +154,62 @@ def ddp_argvs(recipe: Recipe, hosts: list[Host], args: list[str]) -> list[list[s
 
 
 def launch_one(argvs: list[list[str]], timeout: float) -> tuple[BenchEvent | None, str]:
-    """Run the launches of one configuration together; (rank 0's bench event, their output)."""
+    """Run the launches of one configuration together; (rank 0's bench event, their output).
+    As `run` does (launcher/supervisor.py): each in a session of its own that dies with
+    hvdtrain, and SIGINT/SIGTERM/SIGHUP or the timeout stop everything under it first."""
+    from hvdtrain.launcher.helpers import signals_end_the_helper
+    from hvdtrain.launcher.supervisor import Supervisor
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env, start_new_session=True) for a in argvs]
-    texts = []
+    sups: list[Supervisor] = []
+    restore = signals_end_the_helper()
     try:
-        for p in procs:
-            texts.append(p.communicate(timeout=timeout)[0])
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        return None, f"no result within {timeout:.0f} s"
-    text = "".join(texts)
+        sups = [Supervisor(a, env) for a in argvs]
+        texts = collect(sups, time.monotonic() + timeout)
+        if texts is None:
+            return None, f"no result within {timeout:.0f} s"
+        bad = [code for code in (s.wait() for s in sups) if code]
+    finally:
+        if sups and sups[0].descendants():
+            sups[0].stop(grace=5)  # (every process under hvdtrain: all the launches)
+        restore()
+    text = "".join("".join(t) for t in texts)
     found = [e for line in map(parse_line, text.splitlines()) for e in line.events
              if e["event"] == "bench"]
-    bad = [p.returncode for p in procs if p.returncode]
     return (found[0] if found and not bad else None), text
+
+
+def collect(sups: list, deadline: float) -> list[list[str]] | None:
+    """Every launch's output lines until all end; None at the deadline."""
+    texts: list[list[str]] = [[] for _ in sups]
+    running = set(range(len(sups)))
+    while running:
+        if time.monotonic() > deadline:
+            return None
+        for i in sorted(running):
+            try:
+                line = sups[i].next_line(timeout=0.05)
+            except EOFError:
+                running.discard(i)
+                continue
+            if line is not None:
+                texts[i].append(line)
+    return texts
+
+
+def for_bench(recipe: Recipe) -> Recipe:
+    """The recipe benched: a data component's samples replaced by synthetic ones of the shape
+    and class count its probe reports (bench measures steps, never reads data)."""
+    if recipe.data.dataset != "component":
+        return recipe
+    from hvdtrain.launcher.prelaunch import probe_components
+
+    found = probe_components(recipe) or {}
+    synthetic = recipe.data.synthetic.model_copy(update={
+        "image_shape": found["input_shape"], "num_classes": found["num_classes"]})
+    data = recipe.data.model_copy(update={"dataset": "synthetic", "component": None,
+                                          "kwargs": {}, "synthetic": synthetic})
+    return recipe.model_copy(update={"data": data})
 
 
 def row(cfg: Config, ev: BenchEvent) -> dict:

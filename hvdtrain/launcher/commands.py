@@ -332,9 +332,7 @@ def bench(*, recipe: str, overrides: list[str], np: str, compression: str, hosts
     b.check_options(reference=reference, warmup=warmup, steps=steps, rounds=rounds)
     loaded = load_recipe(recipe, overrides)
     host_list = resolve_hosts(loaded.recipe, max(nps), hosts, hostfile, slurm=False)
-    if max(nps) > host_list.total_slots:
-        raise UserError(f"--np {max(nps)} needs more slots than {host_list.source} has "
-                        f"({host_list.total_slots}): lower --np or add hosts")
+    b.check_world(max(nps), host_list)
     folder = RunDir(Path(run_dir).resolve() if run_dir else
                     default_run_dir(loaded, prefix="bench-"))
     if folder.path.exists() and any(folder.path.iterdir()):
@@ -348,7 +346,8 @@ def bench(*, recipe: str, overrides: list[str], np: str, compression: str, hosts
         console.print(f"{where}{cfg.kind} np={cfg.np} {cfg.compression}: {what} "
                       f"({result['seconds']:.0f} s)")
 
-    rows = b.run_all(folder, loaded.recipe, host_list, todo, warmup, steps, progress, rounds)
+    rows = b.run_all(folder, b.for_bench(loaded.recipe), host_list, todo, warmup, steps,
+                     progress, rounds)
     meta = {"recipe": loaded.name, "overrides": overrides, "hosts": host_list.source,
             "warmup": warmup, "steps": steps, "rounds": rounds,
             "batch_size": loaded.recipe.data.batch_size, "cpu_count": os.cpu_count()}

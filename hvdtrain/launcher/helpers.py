@@ -34,7 +34,7 @@ def run_helper(argv: list[str], *, timeout: float, input_text: str | None = None
                for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr))]
     for reader in readers:
         reader.start()
-    restore = _signals_end_the_helper()
+    restore = signals_end_the_helper()
     try:
         if input_text is not None and proc.stdin is not None:
             try:
@@ -71,7 +71,7 @@ def _drain(stream: IO[str] | None, into: list[str]) -> None:
             size += len(chunk)
 
 
-def _signals_end_the_helper():  # noqa: ANN202 - returns the function that restores them
+def signals_end_the_helper():  # noqa: ANN202 - returns the function that restores them
     """While a helper runs, SIGTERM and SIGHUP end hvdtrain with 128 + the signal (as `run`
     does) through ``finally`` blocks, so the helper's group is killed first (SIGINT already
     raises KeyboardInterrupt)."""
