@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import socket
 import statistics
 import sys
@@ -157,34 +158,39 @@ def launch_one(argvs: list[list[str]], timeout: float) -> tuple[BenchEvent | Non
     """Run the launches of one configuration together; (rank 0's bench event, their output).
     As `run` does (launcher/supervisor.py): each in a session of its own that dies with
     hvdtrain, and SIGINT/SIGTERM/SIGHUP or the timeout stop everything under it first."""
-    from hvdtrain.launcher.helpers import signals_end_the_helper
     from hvdtrain.launcher.supervisor import Supervisor
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     sups: list[Supervisor] = []
-    restore = signals_end_the_helper()
+    asked: list[int] = []  # a signal only sets this; collect() acts on it at a safe point
+    previous = {sig: signal.signal(sig, lambda signum, _f: asked.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        sups = [Supervisor(a, env) for a in argvs]
-        texts = collect(sups, time.monotonic() + timeout)
-        if texts is None:
-            return None, f"no result within {timeout:.0f} s"
-        bad = [code for code in (s.wait() for s in sups) if code]
+        for argv in argvs:
+            sups.append(Supervisor(argv, env))
+        texts = collect(sups, time.monotonic() + timeout, asked)
+        bad = [code for code in (s.wait() for s in sups) if code] if texts is not None else []
     finally:
         if sups and sups[0].descendants():
             sups[0].stop(grace=5)  # (every process under hvdtrain: all the launches)
-        restore()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if asked:
+        raise SystemExit(128 + asked[0])  # stopped first, then exit as `run` does (130/143/129)
+    if texts is None:
+        return None, f"no result within {timeout:.0f} s"
     text = "".join("".join(t) for t in texts)
     found = [e for line in map(parse_line, text.splitlines()) for e in line.events
              if e["event"] == "bench"]
     return (found[0] if found and not bad else None), text
 
 
-def collect(sups: list, deadline: float) -> list[list[str]] | None:
-    """Every launch's output lines until all end; None at the deadline."""
+def collect(sups: list, deadline: float, asked: list[int]) -> list[list[str]] | None:
+    """Every launch's output lines until all end; None at the deadline or on a signal."""
     texts: list[list[str]] = [[] for _ in sups]
     running = set(range(len(sups)))
     while running:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or asked:
             return None
         for i in sorted(running):
             try:
