@@ -119,8 +119,10 @@ class Loaded:
                     raise DataError(f"cannot decode image {b.path} ({b.reason}): fix or remove the "
                                     "file, or set data.on_bad_image: skip")
                 self.skipped.append(b)
-            if not len(y):  # nothing decoded: an empty batch of the right shape (step.py)
-                x = torch.zeros((0, *self.input_shape))
+            if not len(y):  # (a rank with no image cannot take part in the step's allreduce)
+                raise DataError(f"no image of a training batch could be decoded (data."
+                                f"on_bad_image: skip skipped {len(bad)}, e.g. {bad[0].path}): "
+                                "remove the bad files, or raise data.batch_size")
             yield x, y
 
     def train_batches(self, indices: list[int]) -> Iterator[Batch]:

@@ -95,9 +95,6 @@ def train_step(job: Job, micro: list[Batch], epoch: int, step: int, lr: float,
     job.optimizer.zero_grad()  # Horovod 0.28 takes no set_to_none
     parts = []
     for x, y in micro:
-        if not len(y):  # data.on_bad_image: skip, and no image of this micro-batch decoded
-            empty_pass(job, tuple(x.shape[1:]))
-            continue
         x, y = x.to(job.device, non_blocking=True), y.to(job.device, non_blocking=True)
         with job.autocast():
             out = job.model(x)
@@ -127,20 +124,6 @@ def train_step(job: Job, micro: list[Batch], epoch: int, step: int, lr: float,
         # step() would check that and call it: a second profiled wrapper a step).
         super(type(job.optimizer), job.optimizer).step()
     return parts
-
-
-def empty_pass(job: Job, shape: tuple[int, ...]) -> None:
-    """A micro-batch with no image: this rank still has to take part in the step."""
-    # Horovod: the gradient allreduce is collective, so this rank's backward must fire every
-    # gradient hook too: a blank input in eval mode (no BatchNorm statistics move) and a loss of
-    # 0, so its share of the average is zeros. Its metrics are left out (no samples).
-    job.model.eval()
-    try:
-        with job.autocast():
-            out = job.model(torch.zeros((1, *shape), device=job.device))
-        (out.float().sum() * 0.0).backward()
-    finally:
-        job.model.train()
 
 
 def _adasum_step(job: Job, epoch: int, step: int, loss: torch.Tensor,
