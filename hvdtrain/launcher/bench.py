@@ -27,7 +27,7 @@ from pathlib import Path
 from hvdtrain.errors import UserError
 from hvdtrain.events import BenchEvent, parse_line
 from hvdtrain.imagefolder import class_names
-from hvdtrain.launcher.hosts import Host, HostList, assign
+from hvdtrain.launcher.hosts import THIS_MACHINE, Host, HostList, assign
 from hvdtrain.recipe import Recipe
 from hvdtrain.rundir import RunDir, write_json_atomic
 
@@ -81,7 +81,7 @@ def check_world(np: int, host_list: HostList) -> None:
         raise UserError(f"--np {np} needs more slots than {host_list.source} has "
                         f"({host_list.total_slots}): lower --np or add hosts")
     cores = os.cpu_count() or 1
-    if host_list.source == "this machine" and np > cores:
+    if host_list.source == THIS_MACHINE and np > cores:
         raise UserError(f"--np {np} is more processes than this machine's {cores} cores: ranks "
                         "would share cores and the numbers would measure that; lower --np, or "
                         "give --hosts/--hostfile to bench more hosts")

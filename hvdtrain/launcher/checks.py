@@ -108,12 +108,12 @@ def discovery_output_problems(script: str, ran: tuple[int, str, str] | str, min_
         tail = (stderr.strip().splitlines() or ["(no stderr)"])[-1]
         return [f"elastic.host_discovery_script {script} failed (exit code {code}): {tail}"]
     hosts, bad = {}, []
-    for number, line in enumerate(stdout.splitlines(), 1):
-        name, colon, slots = line.strip().partition(":")
-        problem = _discovery_line_problem(line.strip())
+    for number, line in enumerate(map(str.strip, stdout.splitlines()), 1):
+        name, colon, slots = line.partition(":")
+        problem = _discovery_line_problem(line)
         if problem:
             bad.append(f"elastic.host_discovery_script {script} printed line {number} "
-                       f"{line.strip()!r}: {problem}; horovodrun reads one HOST or HOST:SLOTS "
+                       f"{line!r}: {problem}; horovodrun reads one HOST or HOST:SLOTS "
                        "per line and would fail on it")
         elif name:
             hosts[name] = int(slots) if colon else (slots_per_host or 1)

@@ -139,6 +139,7 @@ def _same_machine_warnings(hosts: list[Host]) -> list[str]:
 
 
 MAX_HOSTFILE_BYTES = 1 << 20
+THIS_MACHINE = "this machine"  # the source of the host list when no hosts are given
 
 
 def parse_hostfile(path: str | Path) -> HostList:

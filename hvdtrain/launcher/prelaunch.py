@@ -13,7 +13,7 @@ from pathlib import Path
 from hvdtrain.errors import UserError
 from hvdtrain.imagefolder import scan
 from hvdtrain.launcher import checks
-from hvdtrain.launcher.hosts import Host, HostList, parse_hostfile, parse_hosts_arg
+from hvdtrain.launcher.hosts import THIS_MACHINE, Host, HostList, parse_hostfile, parse_hosts_arg
 from hvdtrain.launcher.plan import DATASET_SIZES, Plan, build_plan, default_horovodrun
 from hvdtrain.launcher.resumable import resume_run
 from hvdtrain.launcher.slurm import allocation_hosts, in_allocation
@@ -119,7 +119,7 @@ def resolve_hosts(recipe: Recipe, np: int | None, hosts: str | None,
     if recipe.launch.hostfile:
         return parse_hostfile(recipe.launch.hostfile)
     slots = np or recipe.launch.np or os.cpu_count() or 1
-    return HostList("this machine", (Host("localhost", slots),))
+    return HostList(THIS_MACHINE, (Host("localhost", slots),))
 
 
 def dataset_sizes(recipe: Recipe) -> tuple[int, int]:
