@@ -29,7 +29,7 @@ from hvdtrain.manifest import Wire
 MARKER = "@@hvdtrain@@ "
 PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")
 # The protocol's version, in the start event: a launcher refuses to read another version's events.
-SCHEMA = 1
+SCHEMA = 2  # 2: the start event carries num_classes
 BEAT_INTERVAL = 2.0  # seconds between a rank's heartbeats; the launcher's stall report reads it
 # A progress event (``HELD``) written this soon after the previous write waits to share the next
 # write (see ``_Stream``); the next heartbeat ends the wait at the latest.
@@ -62,6 +62,7 @@ class StartEvent(TypedDict):
     train_samples: int
     eval_samples: int
     classes: list[str] | None  # image folders: class names by index
+    num_classes: int  # outputs of the model (chance accuracy is 1 / num_classes)
 
 
 class ResumedEvent(TypedDict):

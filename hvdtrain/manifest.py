@@ -88,6 +88,7 @@ class Manifest(TypedDict, total=False):
     param_hashes: list[str]
     replicas_identical: bool
     final_eval_acc: float | None
+    diverged: str  # the launcher's divergence warning (launcher/divergence.py), when it gave one
     failure: list[str] | None
 
 

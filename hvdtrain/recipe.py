@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -77,6 +78,17 @@ MAX_LOADER_WORKERS = 64
 Channel = Annotated[float, NotBool, Field(ge=-1e3, le=1e3)]
 
 
+def _std(value: float) -> float:
+    """Pixels are divided by std in float32: below ~1e-4 the inputs overflow (NaN at step 1)."""
+    if not 1e-4 <= value <= 1e3:
+        raise ValueError(f"a channel std of {value:g} is outside 0.0001..1000 (pixels are in 0..1, "
+                         "so their std is about 0.1-0.3; a tiny std overflows the inputs)")
+    return value
+
+
+StdChannel = Annotated[float, NotBool, AfterValidator(_std)]
+
+
 def _component(value: str | None, key: str) -> str | None:
     if value is not None and not COMPONENT.match(value):
         raise ValueError(f"{value!r} is not \"package.module:factory\" (a module path, one ':', "
@@ -95,7 +107,7 @@ class DataConfig(_Section):
     image_size: Annotated[int, NotBool, Field(ge=8, le=4096)] = 224  # imagefolder
     augment: bool = True  # imagefolder: random-resized crop + horizontal flip for training
     mean: tuple[Channel, Channel, Channel] = (0.485, 0.456, 0.406)  # imagefolder (ImageNet's)
-    std: tuple[PosFloat, PosFloat, PosFloat] = (0.229, 0.224, 0.225)
+    std: tuple[StdChannel, StdChannel, StdChannel] = (0.229, 0.224, 0.225)
     on_bad_image: Literal["stop", "skip"] = "stop"  # imagefolder: an image that fails to decode
     component: str | None = None  # dataset: component -> "package.module:factory"
     kwargs: dict[str, Any] = {}  # passed to the data component

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hvdtrain.worker.data import CIFAR_EVAL, CIFAR_TRAIN, MNIST_FILES
+from hvdtrain.builtin_files import CIFAR_EVAL, CIFAR_TRAIN, MNIST_FILES
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:

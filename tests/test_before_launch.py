@@ -4,6 +4,7 @@ modules so `make test-fast` runs them."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -76,3 +77,28 @@ def test_installed_horovod_carries_this_checkouts_patch() -> None:
     from hvdtrain.setup.horovod_build import detect_config
 
     assert horovod_build_info()["key"] == detect_config().key
+
+
+def test_missing_mnist_or_cifar_files_are_refused_before_launch(tmp_path: Path, in_cli) -> None:
+    """They used to be found only by every worker after launch (the error printed 3 times, a run
+    dir left behind) while the plan said "50000 train"."""
+    from datafiles import write_mnist
+
+    run_dir = tmp_path / "run"
+    proc = in_cli("run", "cifar10-resnet", f"data.data_dir={tmp_path}", "--run-dir", str(run_dir))
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (
+        f"error: CIFAR-10 file missing: {tmp_path}/data_batch_1 (expected in {tmp_path}: "
+        "data_batch_1, data_batch_2, data_batch_3, data_batch_4, data_batch_5, test_batch)\n")
+    write_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    proc = in_cli("plan", "mnist-cnn", f"data.data_dir={tmp_path}")
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        f"error: MNIST file missing: {tmp_path}/t10k-labels-idx1-ubyte[.gz] (expected in ")
+    assert not run_dir.exists()
+    # other hosts read their own copy: this machine lacking it is a warning in the plan
+    proc = in_cli("plan", "mnist-cnn", f"data.data_dir={tmp_path}", "--hosts",
+                  "10.0.0.1:1,10.0.0.2:1", "--np", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["warnings"][-1].startswith(
+        f"on this machine: MNIST file missing: {tmp_path}/t10k-labels-idx1-ubyte[.gz] ")

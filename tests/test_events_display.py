@@ -235,6 +235,23 @@ def test_live_view_draws_bars_and_the_summary_table(tmp_path: Path) -> None:
     assert view.progress.tasks[0].completed == 2 and view.progress.tasks[0].total == 2
 
 
+def test_live_view_is_never_silent_before_the_first_event(tmp_path: Path) -> None:
+    """Between the header and rank 0's start event (6-8 s on 2 cores) a pulsing bar with the
+    elapsed time; then the epoch and step bars, with elapsed time and an ETA."""
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=140, color_system=None)
+    view = LiveView(_plan(tmp_path), console)
+    view.begin()
+    (task,) = view.progress.tasks
+    assert (task.description, task.total) == ("start", None)
+    assert task.fields["stats"].startswith("starting 2 worker(s): horovodrun, torch, data")
+    view.progress.refresh()
+    assert "0:00:0" in buf.getvalue()  # the elapsed time is drawn
+    view.event(next(e for raw in RECORDED for e in parse_line(raw).events))
+    assert [t.description for t in view.progress.tasks] == ["epoch", "step"]
+    view.end(0)
+
+
 def test_run_json_view_is_json_lines(tmp_path: Path) -> None:
     from hvdtrain.launcher.runview import JsonView
 
@@ -253,3 +270,24 @@ def test_run_json_view_is_json_lines(tmp_path: Path) -> None:
     assert records[0]["event"] == "plan" and records[-1] == {"event": "exit", "code": 0,
                                                              "run_dir": str(tmp_path), "failure": []}
     assert [r["event"] for r in records[1:-1]][:2] == ["start", "step"]
+
+
+def test_the_launcher_warns_once_when_the_eval_loss_explodes(tmp_path: Path) -> None:
+    """The stream of rank 0's events -> divergence warning on screen and in the manifest."""
+    from hvdtrain.launcher.launch import RankLogs, _Stream
+    from hvdtrain.rundir import RunDir
+
+    out, info = io.StringIO(), {}
+    plan = _plan(tmp_path)
+    view = PlainView(plan, out)
+    with RankLogs(RunDir(tmp_path), 2) as logs:
+        stream = _Stream(plan, info, view, io.StringIO(), logs)
+        stream.feed(f"[0]<stdout>:{encode('start', **{**recorded('start'), 'num_classes': 3})}\n")
+        for epoch, loss in ((1, 19.0), (2, 5854.0), (3, 36567.0)):
+            e = {**recorded("epoch"), "epoch": epoch, "eval_loss": loss, "eval_acc": 1 / 3}
+            stream.feed(f"[0]<stdout>:{encode('epoch', **e)}\n")
+    warnings = [ln for ln in out.getvalue().splitlines() if ln.startswith("warning: ")]
+    assert warnings == [f"warning: {info['diverged']}"]
+    assert info["diverged"].startswith(
+        "training is diverging: the eval loss rose from 19 (epoch 1) to 5,854 (epoch 2); accuracy "
+        "33.3% (chance for 3 classes: 33.3%). Likely fix: the learning rate is likely too high")

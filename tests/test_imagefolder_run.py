@@ -122,13 +122,20 @@ def test_an_undecodable_image_stops_the_run_naming_it(shapes_run, run_cli,
     assert proc.returncode == 1
     assert f"cannot decode image {broken} (" in proc.stdout
     assert "or set data.on_bad_image: skip" in proc.stdout
-    # skip: also the first image (the one the input shape used to come from)
-    min((data / "train").glob("*/*")).write_bytes(b"not an image either")
-    proc = run_cli("run", "imagefolder-resnet", f"data.data_dir={data}", *FAST, "train.epochs=1",
-                   "data.on_bad_image=skip", "--run-dir", str(tmp_path / "skip"), "--json")
+    # skip: also the first image (the one the input shape used to come from) and, with one
+    # image per batch, batches with no image at all (their rank still takes part in the step)
+    small = write_folder(tmp_path / "small", per_class=2, val_per_class=1)
+    (small / "train" / "square" / "gray.png").unlink()  # 8 images: every one in every epoch
+    for bad in (min((small / "train").glob("*/*")), *sorted((small / "train").glob("*/*"))[4:6]):
+        bad.write_bytes(b"not an image either")
+    proc = run_cli("run", "imagefolder-resnet", f"data.data_dir={small}", *FAST, "train.epochs=2",
+                   "data.batch_size=1", "data.on_bad_image=skip", "--run-dir",
+                   str(tmp_path / "skip"), "--json", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     warnings = [e["message"] for e in events(proc) if e["event"] == "warning"]
-    assert len(warnings) == 1 and warnings[0].startswith(
-        "epoch 1: skipped 2 image(s) that failed to decode (data.on_bad_image: skip)")
+    assert len(warnings) == 2 and all(w.startswith(
+        f"epoch {n}: skipped 3 image(s) that failed to decode (data.on_bad_image: skip)")
+        and w.endswith("; 3 batch(es) had no image left, so their rank's share of that step "
+                       "was zero") for n, w in enumerate(warnings, 1))
     done = next(e for e in events(proc) if e["event"] == "done")
-    assert done["replicas_identical"]
+    assert done["replicas_identical"] and done["steps_per_rank"] == [8, 8]

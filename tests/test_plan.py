@@ -141,7 +141,12 @@ def test_horovods_own_parser_accepts_a_maximal_argv(monkeypatch) -> None:
 @pytest.mark.parametrize("name", ["digits-cnn", "synthetic-bench", "mnist-cnn", "cifar10-resnet"])
 def test_horovods_parser_accepts_every_shipped_recipes_plan(name: str, monkeypatch,
                                                              tmp_path: Path) -> None:
-    plan = make_plan(load_recipe(name), np=2, hosts="localhost:2", run_dir=tmp_path)
+    from datafiles import write_cifar, write_mnist
+
+    # The built-in sets' files must exist before a local launch (prelaunch refuses otherwise).
+    data = write_mnist(tmp_path / "mnist") if name == "mnist-cnn" else write_cifar(tmp_path / "c")
+    overrides = [f"data.data_dir={data}"] if name in ("mnist-cnn", "cifar10-resnet") else []
+    plan = make_plan(load_recipe(name, overrides), np=2, hosts="localhost:2", run_dir=tmp_path)
     a = parse_with_horovod(plan.argv, monkeypatch)
     assert (a.num_proc, a.hosts, a.use_gloo) == (2, "localhost:2", True)
     assert a.hierarchical_allreduce is False

@@ -216,3 +216,12 @@ def test_cli_validate_show_and_recipes(in_cli, tmp_path: Path) -> None:
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == (f"error: recipe {bad} is invalid (1 problem):\n"
                            f"  {bad}:2: train.epochs: Input should be greater than 0, got 0\n")
+
+
+def test_a_channel_std_that_would_overflow_the_inputs_is_refused(tmp_path: Path) -> None:
+    """data.std=[1e-300, 1, 1] is 0 in float32: every input becomes Inf and step 1 NaN."""
+    _, problems = errors_of(tmp_path, "data:\n  dataset: imagefolder\n  data_dir: /tmp\n"
+                                      "  std: [0.229, 1.0e-300, 0.225]\n")
+    assert problems == [
+        "r.yaml:4: data.std.1: a channel std of 1e-300 is outside 0.0001..1000 (pixels are in "
+        "0..1, so their std is about 0.1-0.3; a tiny std overflows the inputs), got 1e-300"]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import BIN, ROOT, cli
 
-from hvdtrain.launcher.sbatch import SbatchOptions, record, time_seconds
+from hvdtrain.errors import UserError
+from hvdtrain.launcher.sbatch import SbatchOptions, check_options, record, submit, time_seconds
 from hvdtrain.rundir import RunDir
 
 EVIL = "description=$(touch /tmp/hvdtrain-PWNED); `reboot` ' \" \\ x"
@@ -61,7 +62,7 @@ def test_every_bad_option_is_reported_at_once(tmp_path: Path) -> None:
     for text in ("the Slurm options cannot be submitted; nothing written:",
                  "--nodes must be between 1 and 65535, got 0",
                  "--time '5x' is not a Slurm time limit: use minutes, MM:SS, HH:MM:SS",
-                 "--mem '4Q' is not memory per node like 16G or 8000 (MB)",
+                 "--mem '4Q' is not memory per node like 16G, 32GB or 8000 (MB)",
                  "--partition 'a b' is not a partition name",
                  "--gpus-per-node 'two' is not a count, optionally with a type: 2 or a100:2",
                  "--job-name 'x\"y' is not a job name of letters, digits"):
@@ -77,9 +78,50 @@ def test_signal_must_come_before_the_time_limit(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("value", "seconds"), [
     ("30", 1800), ("30:15", 1815), ("2:00:00", 7200), ("1-0", 86400), ("1-2:30", 95400),
-    ("1-02:30:05", 95405), ("UNLIMITED", None)])
+    ("1-02:30:05", 95405), ("1-", 86400), ("UNLIMITED", None), ("infinite", None), ("-1", None),
+    ("0", None), ("0:00:00", None)])
 def test_slurm_time_formats(value: str, seconds: int | None) -> None:
+    """What sbatch 22.05 accepts (its time_str2secs): "0" and INFINITE mean no limit."""
     assert time_seconds(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["5x", "-5", "1-:30", "1:2:3:4", "1-2-3", "", "1:", "1h"])
+def test_slurm_time_formats_sbatch_refuses(value: str) -> None:
+    with pytest.raises(ValueError):
+        time_seconds(value)
+
+
+def test_sbatch_accepts_what_slurm_accepts_and_bounds_the_tasks() -> None:
+    ok = [SbatchOptions(nodes=1, ntasks_per_node=1, mem=m, time=t)
+          for m, t in (("32g", "infinite"), ("32GB", "0"), ("8000", "1-"), ("4tb", "INFINITE"))]
+    assert [check_options(o) for o in ok] == [[]] * 4
+    huge = SbatchOptions(nodes=65535, ntasks_per_node=65535, mem="4QB")
+    assert check_options(huge) == [
+        "--ntasks-per-node must be between 1 and 4096, got 65535",
+        "--mem '4QB' is not memory per node like 16G, 32GB or 8000 (MB)"]
+
+
+def test_many_problems_are_counted_not_all_printed() -> None:
+    err = UserError("bad:", [f"problem {i}" for i in range(65535)])
+    lines = err.render().splitlines()
+    assert len(lines) == 22 and lines[-1] == "  ... and 65515 more like these"
+    assert len(err.lines()) == 65536  # --json keeps every one
+
+
+def test_sbatch_printing_no_job_id_is_not_recorded_as_one(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "bin" / "sbatch"  # (a real sbatch that exits 0 always prints the id)
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    script = tmp_path / "job.sbatch"
+    with pytest.raises(UserError) as exc:
+        submit(script, tmp_path)
+    assert str(exc.value) == (
+        "sbatch exited 0 but printed nothing instead of a job id, so hvdtrain cannot follow "
+        f"the job; it may have been queued: check `squeue --me` before submitting {script} again "
+        "by hand")
 
 
 def test_run_dir_sbatch_cannot_hold_is_refused(tmp_path: Path) -> None:

@@ -159,8 +159,9 @@ def recipe_changes(saved: Recipe, new: Recipe) -> list[str]:
     def shown(values: dict[str, object], key: str) -> str:
         return repr(values[key]) if key in values else "(unset)"
 
+    missing = object()  # (a key set on one side only differs, whatever the other holds)
     return [f"{key}: {shown(a, key)} -> {shown(b, key)}" for key in sorted(set(a) | set(b))
-            if a.get(key, a) != b.get(key, b)]
+            if a.get(key, missing) != b.get(key, missing)]
 
 
 def resume_conflicts(saved: Recipe, new: Recipe) -> list[str]:

@@ -129,9 +129,14 @@ def _finish(source: str, entries: list[tuple[int, str]], where) -> HostList:
     return HostList(source, tuple(hosts), tuple(_same_machine_warnings(hosts)))
 
 
-def _same_machine_warnings(hosts: list[Host]) -> list[str]:
+def is_this_machine(name: str) -> bool:
+    """``name`` is this machine (localhost, 127.0.0.1 or its own host name)."""
     own = {socket.gethostname().lower(), socket.getfqdn().lower()}
-    local = [h.name for h in hosts if h.name.lower() in _LOCAL_NAMES | own]
+    return name.lower() in _LOCAL_NAMES | own
+
+
+def _same_machine_warnings(hosts: list[Host]) -> list[str]:
+    local = [h.name for h in hosts if is_this_machine(h.name)]
     if len(local) > 1:
         return [f"{', '.join(local)} are all this machine: their ranks share its cores and "
                 "horovodrun treats them as different hosts"]

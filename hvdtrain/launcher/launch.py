@@ -152,6 +152,7 @@ class _Stream:
 
     def __init__(self, plan: Plan, info: Manifest, view: Any, metrics: Any,
                  logs: RankLogs) -> None:
+        from hvdtrain.launcher.divergence import Watch
         from hvdtrain.launcher.failure import Diagnosis, TracebackFolder
 
         self.info, self.view, self.metrics, self.logs = info, view, metrics, logs
@@ -164,6 +165,8 @@ class _Stream:
         self.last_progress = time.monotonic()
         self.launcher_traceback = False
         self.tracebacks = TracebackFolder()  # worker tracebacks: exception line on screen
+        self.divergence = Watch(plan.base_lr, plan.peak_lr, plan.np,
+                                plan.recipe.optimizer.warmup_epochs)
 
     def feed(self, raw: str) -> None:
         line = parse_line(raw)
@@ -190,8 +193,19 @@ class _Stream:
         _record(event, self.info, self.metrics)
         try:
             self.view.event(event)
+            self._judge(event)
         except (KeyError, TypeError, ValueError) as exc:  # never die on a bad event
             self.view.output(Line(None, "launcher", f"unreadable event ({exc!r}): {raw}"))
+
+    def _judge(self, event: Event) -> None:
+        """Divergence (launcher/divergence.py): one warning on screen and in the manifest."""
+        if event["event"] == "start":
+            self.divergence.start(event["num_classes"])
+        elif event["event"] == "epoch":
+            said = self.divergence.epoch(event["epoch"], event["eval_loss"], event["eval_acc"])
+            if said:
+                self.info["diverged"] = said
+                self.view.event({"event": "warning", "message": said})
 
 
 def launch(plan: Plan, as_json: bool = False) -> int:

@@ -10,10 +10,18 @@ import os
 import sys
 from pathlib import Path
 
+from hvdtrain.builtin_files import missing
 from hvdtrain.errors import UserError
 from hvdtrain.imagefolder import scan
 from hvdtrain.launcher import checks
-from hvdtrain.launcher.hosts import THIS_MACHINE, Host, HostList, parse_hostfile, parse_hosts_arg
+from hvdtrain.launcher.hosts import (
+    THIS_MACHINE,
+    Host,
+    HostList,
+    is_this_machine,
+    parse_hostfile,
+    parse_hosts_arg,
+)
 from hvdtrain.launcher.plan import DATASET_SIZES, Plan, build_plan, default_horovodrun
 from hvdtrain.launcher.resumable import resume_run
 from hvdtrain.launcher.slurm import allocation_hosts, in_allocation
@@ -77,13 +85,15 @@ def make_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None 
         if problems:
             raise UserError(problems[0], problems[1:])
     host_list = resolve_hosts(recipe, np, hosts, hostfile, slurm)
-    found = probe_components(recipe)
+    files = component_files(recipe)
+    found = probe_components(recipe, files)
     folder = scan(recipe.data.data_dir or ".") if recipe.data.dataset == "imagefolder" else None
     sizes = ((found["train_samples"], found["eval_samples"]) if found else
              (len(folder.train), len(folder.val)) if folder else dataset_sizes(recipe))
     plan = build_plan(loaded, host_list, sizes, np=np, run_dir=run_dir, python=python,
                       horovodrun=horovodrun or default_horovodrun(), resume=resume)
-    plan.components = [(key, spec, str(path)) for key, spec, path in component_files(recipe)]
+    plan.warnings += builtin_files_problems(recipe, plan)
+    plan.components = [(key, spec, str(path)) for key, spec, path in files]
     plan.classes = folder.classes if folder else None
     return plan
 
@@ -136,6 +146,19 @@ def dataset_sizes(recipe: Recipe) -> tuple[int, int]:
     return DATASET_SIZES[data.dataset]
 
 
+def builtin_files_problems(recipe: Recipe, plan: Plan) -> list[str]:
+    """MNIST / CIFAR-10 files missing from data.data_dir: refused when every rank runs here (the
+    worker would fail the same way after launch); a warning when other hosts read their own."""
+    if recipe.data.dataset not in ("mnist", "cifar10"):
+        return []
+    problem = missing(recipe.data.dataset, Path(recipe.data.data_dir or ".").expanduser())
+    if problem is None:
+        return []
+    if all(is_this_machine(h.name) for h in plan.hosts):
+        raise UserError(problem)
+    return [f"on this machine: {problem}; every host needs these files at the same path"]
+
+
 def component_files(recipe: Recipe) -> list[tuple[str, str, Path]]:
     """(key, spec, file) of each component the recipe names: the code it runs on every rank.
     Refuses a module outside the user's project (hvdtrain/component_paths.py)."""
@@ -154,14 +177,15 @@ def component_files(recipe: Recipe) -> list[tuple[str, str, Path]]:
     return found
 
 
-def probe_components(recipe: Recipe) -> dict | None:
+def probe_components(recipe: Recipe,
+                     files: list[tuple[str, str, Path]] | None = None) -> dict | None:
     """For a recipe with ``data.component`` or ``model.component``: check the modules are the
     user's own, then build data and model once and push one batch through the model in a child
     process (torch stays out of this one); returns what it found (sizes, classes, parameters).
-    Refuses the recipe with the reason."""
+    Refuses the recipe with the reason. ``files``: ``component_files(recipe)`` when known."""
     from hvdtrain.launcher.helpers import run_helper
 
-    specs = [spec for _, spec, _ in component_files(recipe)]
+    specs = [spec for _, spec, _ in (component_files(recipe) if files is None else files)]
     if not specs:
         return None
     what, limit = ", ".join(specs), recipe.launch.check_timeout

@@ -157,14 +157,16 @@ class LiveView(PlainView):
             MofNCompleteColumn,
             Progress,
             TextColumn,
+            TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
         self.console = console
         self.progress = Progress(TextColumn("{task.description:>6}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                                 TimeRemainingColumn(), console=console)
-        self.epoch_task = self.step_task = None
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 console=console)
+        self.epoch_task = self.step_task = self.start_task = None
 
     def say(self, text: str) -> None:
         self.progress.console.print(escape(text), highlight=False, soft_wrap=True)
@@ -173,11 +175,18 @@ class LiveView(PlainView):
         self.console.rule(escape(header_lines(self.plan)[0]))
         for line in header_lines(self.plan)[1:]:
             self.console.print(escape(line), highlight=False)
+        # Until rank 0's start event (horovodrun, the ranks' imports, the data: seconds), a
+        # pulsing bar with the elapsed time says the run is alive.
+        self.start_task = self.progress.add_task(
+            "start", total=None, stats=f"starting {self.plan.np} worker(s): horovodrun, torch, data")
         self.progress.start()
 
     def event(self, e: Event) -> None:
         kind = e["event"]
         if kind == "start":
+            if self.start_task is not None:
+                self.progress.remove_task(self.start_task)
+                self.start_task = None
             self.epoch_task = self.progress.add_task("epoch", total=e["epochs"],
                                                      completed=e["start_epoch"], stats="")
             self.step_task = self.progress.add_task("step", total=e["steps_per_epoch"],

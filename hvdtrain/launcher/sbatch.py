@@ -24,10 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hvdtrain.errors import UserError
+from hvdtrain.launcher.hosts import MAX_SLOTS
 from hvdtrain.rundir import RunDir
 
-TIME = re.compile(r"^(?:(\d+)-(\d{1,2})(?::(\d{1,2}))?(?::(\d{1,2}))?|(\d+)(?::(\d{1,2}))?"
-                  r"(?::(\d{1,2}))?|UNLIMITED|INFINITE)$")
+# Slurm 22.05's time_str2secs (src/common/parse_time.c): digits, at most one '-' before at most
+# two ':' ("1-" is one day), "-1" / INFINITE / UNLIMITED in any case; 0 asks for no limit.
+TIME = re.compile(r"^(?:(\d+)-(\d*)(?::(\d+))?(?::(\d+))?|(\d+)(?::(\d+))?(?::(\d+))?)$")
+UNLIMITED = ("-1", "infinite", "unlimited")
 NAME = re.compile(r"^[A-Za-z0-9_.+@-]{1,128}$")
 FORMATS = {  # option -> (pattern, what Slurm expects)
     "partition": (re.compile(r"^[A-Za-z0-9_.+-]+(?:,[A-Za-z0-9_.+-]+)*$"), "a partition name "
@@ -37,8 +40,11 @@ FORMATS = {  # option -> (pattern, what Slurm expects)
     "job_name": (NAME, "a job name of letters, digits and _ . + @ - (at most 128)"),
     "gpus_per_node": (re.compile(r"^(?:[A-Za-z0-9_.-]+:)?\d+$"), "a count, optionally with a "
                       "type: 2 or a100:2"),
-    "mem": (re.compile(r"^\d+[KMGT]?$"), "memory per node like 16G or 8000 (MB)"),
+    # Slurm's str_to_mbytes: a count of MB, or with K/M/G/T (any case), optionally then B
+    "mem": (re.compile(r"^\d+(?:[KMGTkmgt][Bb]?)?$"), "memory per node like 16G, 32GB or 8000 "
+            "(MB)"),
 }
+JOB_ID = re.compile(r"^\d+$")
 UNSAFE_IN_PATH = ('"', "%", "\\", "\n", "\r")  # #SBATCH --output: quotes, and Slurm's patterns
 
 
@@ -65,29 +71,32 @@ class SbatchOptions:
 
 
 def time_seconds(value: str) -> int | None:
-    """Seconds of a Slurm time limit (None: unlimited); raises ValueError when malformed."""
-    m = TIME.match(value)
-    if not m:
-        raise ValueError(value)
-    if value in ("UNLIMITED", "INFINITE"):
+    """Seconds of a Slurm time limit (None: unlimited, as sbatch reads "0" too); raises
+    ValueError when sbatch would refuse it."""
+    if value.lower() in UNLIMITED:
         return None
+    m = TIME.match(value)
+    if not m or (m.group(1) is not None and m.group(3) is not None and not m.group(2)):
+        raise ValueError(value)  # ("1-:30": Slurm needs the hours before minutes)
     g = [int(x) if x else 0 for x in m.groups()]
-    if m.group(1) is not None:  # days-hours[:minutes[:seconds]]
-        return ((g[0] * 24 + g[1]) * 60 + g[2]) * 60 + g[3]
-    parts = [int(x) for x in value.split(":")]  # minutes | minutes:seconds | hours:min:sec
-    if len(parts) == 3:
-        return (parts[0] * 60 + parts[1]) * 60 + parts[2]
-    return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)
+    if m.group(1) is not None:  # days-[hours[:minutes[:seconds]]]
+        seconds = ((g[0] * 24 + g[1]) * 60 + g[2]) * 60 + g[3]
+    elif m.group(7) is not None:  # hours:minutes:seconds
+        seconds = (g[4] * 60 + g[5]) * 60 + g[6]
+    else:  # minutes[:seconds]
+        seconds = g[4] * 60 + g[5]
+    return seconds or None
 
 
 def check_options(o: SbatchOptions) -> list[str]:
     """Every problem with the options at once (empty: fine)."""
     problems = []
-    for flag, value, low in (("--nodes", o.nodes, 1), ("--ntasks-per-node", o.ntasks_per_node, 1),
-                             ("--cpus-per-task", o.cpus_per_task, 1),
-                             ("--signal-seconds", o.signal_seconds, 10)):
-        if value is not None and not low <= value <= 65535:
-            problems.append(f"{flag} must be between {low} and 65535, got {value}")
+    for flag, value, low, high in (("--nodes", o.nodes, 1, 65535),
+                                   ("--ntasks-per-node", o.ntasks_per_node, 1, MAX_SLOTS),
+                                   ("--cpus-per-task", o.cpus_per_task, 1, 65535),
+                                   ("--signal-seconds", o.signal_seconds, 10, 65535)):
+        if value is not None and not low <= value <= high:
+            problems.append(f"{flag} must be between {low} and {high}, got {value}")
     for key, (pattern, what) in FORMATS.items():
         value = getattr(o, key)
         if value is not None and not pattern.match(value):
@@ -97,7 +106,7 @@ def check_options(o: SbatchOptions) -> list[str]:
             limit = time_seconds(o.time)
         except ValueError:
             problems.append(f"--time {o.time!r} is not a Slurm time limit: use minutes, MM:SS, "
-                            "HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+                            "HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED")
         else:
             if limit is not None and o.signal_seconds >= limit:
                 problems.append(f"--signal-seconds {o.signal_seconds} is not shorter than --time "
@@ -174,7 +183,13 @@ def submit(script: Path, cwd: Path) -> str:
                         f"The batch script is {script}: fix what sbatch names and run hvdtrain "
                         "sbatch again with a new run directory, or edit the script and submit it "
                         "by hand")
-    return out.stdout.strip().split(";")[0]
+    job_id = out.stdout.strip().split(";")[0]  # --parsable: "<job id>[;<cluster>]"
+    if not JOB_ID.match(job_id):
+        said = repr(out.stdout.strip()[:200]) if out.stdout.strip() else "nothing"
+        raise UserError(f"sbatch exited 0 but printed {said} instead of a job id, so hvdtrain "
+                        f"cannot follow the job; it may have been queued: check `squeue --me` "
+                        f"before submitting {script} again by hand")
+    return job_id
 
 
 def record(folder: RunDir, job_id: str, o: SbatchOptions, recipe: Path,

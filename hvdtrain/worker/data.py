@@ -18,17 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hvdtrain.builtin_files import CIFAR_EVAL, CIFAR_TRAIN, MNIST_FILES, missing, mnist_file
 from hvdtrain.errors import UserError
 from hvdtrain.recipe import DataConfig
 
-MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "eval_images": "t10k-images-idx3-ubyte",
-    "eval_labels": "t10k-labels-idx1-ubyte",
-}
-CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
-CIFAR_EVAL = "test_batch"
 DIGITS_EVAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 
@@ -113,13 +106,12 @@ def make_synthetic(cfg: DataConfig, seed: int) -> Dataset:
                    s.num_classes)
 
 
-def _open_maybe_gz(folder: Path, stem: str) -> bytes:
-    for name in (stem, stem + ".gz"):
-        path = folder / name
-        if path.is_file():
-            raw = path.read_bytes()
-            return gzip.decompress(raw) if name.endswith(".gz") else raw
-    raise FileNotFoundError(stem)
+def _read_maybe_gz(folder: Path, stem: str) -> bytes:
+    path = mnist_file(folder, stem)
+    if path is None:
+        raise FileNotFoundError(stem)
+    raw = path.read_bytes()
+    return gzip.decompress(raw) if path.suffix == ".gz" else raw
 
 
 def read_idx(raw: bytes, what: str) -> np.ndarray:
@@ -136,17 +128,13 @@ def read_idx(raw: bytes, what: str) -> np.ndarray:
 
 
 def load_mnist(folder: Path) -> Dataset:
-    expected = ", ".join(f"{v}[.gz]" for v in MNIST_FILES.values())
-    if not folder.is_dir():
-        raise DataError(f"MNIST data directory not found: {folder} (expected the IDX files "
-                        f"{expected}; set data.data_dir)")
+    problem = missing("mnist", folder)
+    if problem:
+        raise DataError(problem)
     arrays = {}
     for key, stem in MNIST_FILES.items():
         try:
-            arrays[key] = read_idx(_open_maybe_gz(folder, stem), stem)
-        except FileNotFoundError:
-            raise DataError(f"MNIST file missing: {folder / stem}[.gz] (expected in {folder}: "
-                            f"{expected})") from None
+            arrays[key] = read_idx(_read_maybe_gz(folder, stem), stem)
         except (ValueError, OSError, EOFError) as exc:
             raise DataError(f"MNIST file malformed in {folder}: {exc}") from None
     for split in ("train", "eval"):
@@ -198,15 +186,12 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_cifar10(folder: Path) -> Dataset:
-    expected = ", ".join(CIFAR_TRAIN + [CIFAR_EVAL])
-    if not folder.is_dir():
-        raise DataError(f"CIFAR-10 data directory not found: {folder} (expected the python batches "
-                        f"{expected} from cifar-10-python.tar.gz; set data.data_dir)")
+    problem = missing("cifar10", folder)
+    if problem:
+        raise DataError(problem)
     parts = []
     for name in CIFAR_TRAIN + [CIFAR_EVAL]:
         path = folder / name
-        if not path.is_file():
-            raise DataError(f"CIFAR-10 file missing: {path} (expected in {folder}: {expected})")
         try:
             parts.append(_cifar_batch(path))
         except RefusedPickle as exc:

@@ -212,11 +212,14 @@ def report_skipped(job: Job, epoch: int) -> None:
         return
     skipped = job.data.take_skipped()
     # Horovod: the ranks' counts summed, so rank 0 can report the whole epoch.
-    total = int(allreduce_sum(torch.tensor(len(skipped)), "skipped").item())
+    total, empty = (int(n) for n in allreduce_sum(
+        torch.tensor([len(skipped), job.data.take_empty()]), "skipped").tolist())
     if total and hvd.rank() == 0:
         example = f"; e.g. on rank 0: {skipped[0].path} ({skipped[0].reason})" if skipped else ""
+        batches = (f"; {empty} batch(es) had no image left, so their rank's share of that step "
+                   "was zero" if empty else "")
         events.emit("warning", message=f"epoch {epoch}: skipped {total} image(s) that failed to "
-                                       f"decode (data.on_bad_image: skip){example}")
+                                       f"decode (data.on_bad_image: skip){example}{batches}")
 
 
 def rng_states() -> list[torch.Tensor]:
@@ -259,6 +262,8 @@ def evaluate(job: Job) -> tuple[float, float]:
     shard = eval_shard(job.data.eval_size, hvd.rank(), hvd.size()).tolist()
     with torch.no_grad():
         for x, y in job.data.eval_batches(shard):
+            if not len(y):  # data.on_bad_image: skip, and no image of this batch decoded
+                continue
             x, y = x.to(job.device, non_blocking=True), y.to(job.device, non_blocking=True)
             with job.autocast():
                 out = job.model(x)

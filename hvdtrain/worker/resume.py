@@ -99,4 +99,4 @@ def announce_start(job: Job, counters: Counters, hosts: list[str], restored_from
                     base_lr=r.optimizer.base_lr, peak_lr=peak_lr(job.cfg, size),
                     params=sum(p.numel() for p in job.model.parameters()),
                     train_samples=job.data.train_size, eval_samples=job.data.eval_size,
-                    classes=job.data.classes)
+                    classes=job.data.classes, num_classes=job.data.num_classes)

@@ -36,6 +36,8 @@ class Source(Protocol):
 
     def take_skipped(self) -> list[BadImage]: ...
 
+    def take_empty(self) -> int: ...
+
 
 @dataclass
 class InMemory:
@@ -59,6 +61,9 @@ class InMemory:
 
     def take_skipped(self) -> list[BadImage]:
         return []
+
+    def take_empty(self) -> int:
+        return 0
 
 
 class _Indices(torch.utils.data.Sampler):
@@ -84,6 +89,7 @@ class Loaded:
     pin_memory: bool = False
     classes: list[str] | None = None
     skipped: list[BadImage] = field(default_factory=list)
+    empty: int = 0  # training batches in which no image decoded, since the last take_skipped
 
     def __post_init__(self) -> None:
         self.train_size, self.eval_size = len(self.train), len(self.val)
@@ -119,10 +125,9 @@ class Loaded:
                     raise DataError(f"cannot decode image {b.path} ({b.reason}): fix or remove the "
                                     "file, or set data.on_bad_image: skip")
                 self.skipped.append(b)
-            if not len(y):  # (a rank with no image cannot take part in the step's allreduce)
-                raise DataError(f"no image of a training batch could be decoded (data."
-                                f"on_bad_image: skip skipped {len(bad)}, e.g. {bad[0].path}): "
-                                "remove the bad files, or raise data.batch_size")
+            if not len(y):  # nothing decoded: an empty batch of the right shape (step.py)
+                x = torch.zeros((0, *self.input_shape))
+                self.empty += split == "train"
             yield x, y
 
     def train_batches(self, indices: list[int]) -> Iterator[Batch]:
@@ -133,6 +138,11 @@ class Loaded:
 
     def take_skipped(self) -> list[BadImage]:
         out, self.skipped = self.skipped, []
+        return out
+
+    def take_empty(self) -> int:
+        """Training batches with no decodable image since the last call (each a zero step)."""
+        out, self.empty = self.empty, 0
         return out
 
 

@@ -93,8 +93,11 @@ def train_step(job: Job, micro: list[Batch], epoch: int, step: int, lr: float,
     k, scaler = job.recipe.horovod.backward_passes_per_step, job.scaler
     set_lr(job.optimizer, lr)
     job.optimizer.zero_grad()  # Horovod 0.28 takes no set_to_none
-    parts = []
+    parts, loss = [], torch.zeros(())
     for x, y in micro:
+        if not len(y):  # data.on_bad_image: skip, and no image of this micro-batch decoded
+            zero_pass(job)
+            continue
         x, y = x.to(job.device, non_blocking=True), y.to(job.device, non_blocking=True)
         with job.autocast():
             out = job.model(x)
@@ -124,6 +127,15 @@ def train_step(job: Job, micro: list[Batch], epoch: int, step: int, lr: float,
         # step() would check that and call it: a second profiled wrapper a step).
         super(type(job.optimizer), job.optimizer).step()
     return parts
+
+
+def zero_pass(job: Job) -> None:
+    """A micro-batch with no image: this rank adds nothing to the step but still takes part."""
+    # Horovod: the step's gradient allreduce is collective, so every gradient hook of this rank
+    # must fire: a loss of 0 that touches every parameter (gradients: zeros) stands in for the
+    # batch. No forward pass: BatchNorm statistics and the metrics leave it out.
+    params = [p for p in job.model.parameters() if p.requires_grad]
+    (torch.stack([p.sum() for p in params]).sum() * 0.0).backward()
 
 
 def _adasum_step(job: Job, epoch: int, step: int, loss: torch.Tensor,
