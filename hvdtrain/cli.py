@@ -278,6 +278,77 @@ def bench(
                                        as_json=as_json))
 
 
+RunDirArg = Annotated[str, typer.Argument(help="A run directory `hvdtrain run` created.")]
+CheckpointOpt = Annotated[Optional[str], typer.Option(
+    "--checkpoint", help="best (checkpoints/best.pt: the highest eval accuracy), last (the newest "
+                         "that loads) or a checkpoint file; default best, else last.",
+    show_default=False)]
+
+
+def _after():
+    from hvdtrain.launcher import after
+
+    return after
+
+
+@app.command("eval")
+def eval_(
+    run_dir: RunDirArg,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="Score on this folder instead of the run's held-out split: DIR/<class>/"
+                       "<image> of the model's classes (matched by name), or for MNIST/CIFAR-10 "
+                       "a folder of their files.", show_default=False)] = None,
+    checkpoint: CheckpointOpt = None,
+    np: Annotated[int, typer.Option(
+        "--np", help="Processes (more than 1 runs under horovodrun on this machine).")] = 1,
+    out: Annotated[Optional[str], typer.Option(
+        "-o", "--output", help="Also draw the confusion matrix into this PNG.",
+        show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a trained model: loss, top-1/top-5, per-class precision/recall/F1 and the confusion
+    matrix, with exactly the run's preprocessing; every sample counted once."""
+    raise typer.Exit(_after().eval_command(run_dir=run_dir, data=data, checkpoint=checkpoint,
+                                           np=np, out=out, as_json=as_json))
+
+
+@app.command()
+def predict(
+    run_dir: RunDirArg,
+    inputs: Annotated[list[str], typer.Argument(
+        help="Image files or folders of them (image-folder runs); .npy arrays for the built-in "
+             "sets (N x C x H x W or one image, in the set's pixel units).")],
+    checkpoint: CheckpointOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Classes to show per input.")] = 3,
+    as_json: JsonOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV rows: file, rank, class, "
+                                                       "index, probability, error.")] = False,
+) -> None:
+    """Classify files with a trained model: the top classes and their probabilities. A file that
+    cannot be read is reported on its line and the rest are still classified (exit code 1)."""
+    raise typer.Exit(_after().predict_command(run_dir=run_dir, inputs=inputs,
+                                              checkpoint=checkpoint, top_k=top_k,
+                                              as_json=as_json, as_csv=as_csv))
+
+
+@app.command()
+def export(
+    run_dir: RunDirArg,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="safetensors (weights), torch-export (a .pt2 program) or onnx.")],
+    checkpoint: CheckpointOpt = None,
+    out: Annotated[Optional[str], typer.Option(
+        "-o", "--output", help="File to write (default: RUN_DIR/export/<checkpoint>.<suffix>); "
+                               "a JSON sidecar with the model card goes beside it.",
+        show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a trained model for inference. Each export is reloaded and its outputs compared
+    with the checkpoint's before it is reported done (max abs diff <= 1e-4)."""
+    raise typer.Exit(_after().export_command(run_dir=run_dir, checkpoint=checkpoint, fmt=fmt,
+                                             out=out, as_json=as_json))
+
+
 def report_error(exc: UserError, as_json: bool) -> int:
     """The one place bad input is reported: the message on stderr (and JSON on stdout)."""
     from rich.console import Console

@@ -34,7 +34,7 @@ BEAT_INTERVAL = 2.0  # seconds between a rank's heartbeats; the launcher's stall
 # A progress event (``HELD``) written this soon after the previous write waits to share the next
 # write (see ``_Stream``); the next heartbeat ends the wait at the latest.
 HOLD = 0.25
-HELD = ("step", "epoch", "checkpoint")
+HELD = ("step", "epoch", "checkpoint", "best")
 
 
 # --- the events, one TypedDict per kind (the worker builds them, the launcher reads them) --------
@@ -108,6 +108,13 @@ class CheckpointEvent(TypedDict):
     path: str
 
 
+class BestEvent(TypedDict):
+    event: Literal["best"]
+    epoch: int
+    eval_acc: float
+    path: str  # RUN_DIR/checkpoints/best.pt
+
+
 class MessageEvent(TypedDict):
     event: Literal["warning", "error"]
     message: str
@@ -165,10 +172,10 @@ class BenchEvent(TypedDict):
     steps: int
 
 
-Event = Union[StartEvent, ResumedEvent, StepEvent, EpochEvent, CheckpointEvent, MessageEvent,
-              DoneEvent, BeatEvent, ResetEvent, StoppedEvent, BenchEvent]
+Event = Union[StartEvent, ResumedEvent, StepEvent, EpochEvent, CheckpointEvent, BestEvent,
+              MessageEvent, DoneEvent, BeatEvent, ResetEvent, StoppedEvent, BenchEvent]
 EVENTS: dict[str, type] = {"start": StartEvent, "resumed": ResumedEvent, "step": StepEvent,
-                           "epoch": EpochEvent, "checkpoint": CheckpointEvent,
+                           "epoch": EpochEvent, "checkpoint": CheckpointEvent, "best": BestEvent,
                            "warning": MessageEvent, "error": MessageEvent, "done": DoneEvent,
                            "beat": BeatEvent, "reset": ResetEvent, "stopped": StoppedEvent,
                            "bench": BenchEvent}

@@ -85,3 +85,30 @@ def scan(data_dir: str | Path) -> Folder:
     return Folder(classes,
                   [(p, index[c]) for c in classes for p in train[c]],
                   [(p, index[c]) for c in sorted(val) for p in val[c]])
+
+
+def labelled(data_dir: str | Path, classes: list[str]) -> list[tuple[str, int]]:
+    """(path, class index) of the images in ``DATA_DIR/<class>/`` (or ``DATA_DIR/val/<class>/``
+    when DATA_DIR holds a ``val/`` folder), indexed by a trained model's ``classes``: matched by
+    name, so a folder may hold fewer classes; one the model does not know is refused."""
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data folder not found: {root}: give a folder of DIR/<class>/<image> "
+                        "(or one holding val/<class>/<image>)")
+    if (root / "val").is_dir() and "val" not in classes:
+        root = root / "val"
+    problems: list[str] = []
+    names = _readable(root, problems, class_names) or []
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        problems.append(f"{root}: class folder(s) {', '.join(map(repr, unknown))} are not classes "
+                        f"of the model (it knows {', '.join(classes)}): remove or rename them")
+    found = {n: _readable(root / n, problems, _images) or [] for n in names if n in classes}
+    if not names:
+        problems.append(f"{root}: no class folders: put each class's images in {root}/<class>/")
+    problems += [f"{root / n}: no images ({', '.join(IMAGE_SUFFIXES)})" for n, p in found.items()
+                 if not p]
+    if problems:
+        raise UserError(f"data folder {root} cannot be scored ({len(problems)} problem"
+                        f"{'s' if len(problems) > 1 else ''}):", problems)
+    return [(p, classes.index(n)) for n in sorted(found) for p in found[n]]

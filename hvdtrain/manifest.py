@@ -57,6 +57,12 @@ class Wire(TypedDict):
     wire_bytes: int
 
 
+class Best(TypedDict):
+    epoch: int
+    eval_acc: float
+    path: str
+
+
 class Manifest(TypedDict, total=False):
     """``manifest.json``. Launch facts first (written before horovodrun starts), then the
     workers' (from their start/stopped/done events), then the end."""
@@ -88,6 +94,7 @@ class Manifest(TypedDict, total=False):
     param_hashes: list[str]
     replicas_identical: bool
     final_eval_acc: float | None
+    best: Best  # checkpoints/best.pt: the epoch with the highest eval accuracy so far
     diverged: str  # the launcher's divergence warning (launcher/divergence.py), when it gave one
     failure: list[str] | None
 

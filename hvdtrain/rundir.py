@@ -6,6 +6,7 @@ the directory and keeps the manifest, metrics and logs; rank 0 writes checkpoint
     <run dir>/metrics.jsonl               one record per step window and per epoch
     <run dir>/checkpoints/epoch-NNNN.pt   rank 0's checkpoints after NNNN epochs (temp files: .tmp-*)
     <run dir>/checkpoints/epoch-NNNN-step-SSSSSS.pt   ... and SSSSSS steps into the next (a stop)
+    <run dir>/checkpoints/best.pt         the weights with the highest eval accuracy so far
     <run dir>/stop-request                the launcher asks the workers to checkpoint and stop
     <run dir>/job.sbatch, slurm.json      `hvdtrain sbatch`: the batch script and the submission
     <run dir>/logs/rank.N/stdout|stderr   every rank's output
@@ -35,6 +36,7 @@ from hvdtrain.recipe import Recipe
 from hvdtrain.recipe_files import LoadedRecipe
 
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.pt$")
+BEST_NAME = "best.pt"
 CHECKPOINT_TMP_PREFIX = ".tmp-"  # a write in progress (or killed): never a valid checkpoint
 
 
@@ -121,6 +123,11 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """Model and card only (no optimizer): never a resume point, so --resume ignores it."""
+        return self.checkpoints / BEST_NAME
 
     @property
     def logs(self) -> Path:

@@ -67,15 +67,26 @@ def in_cli():
     return cli
 
 
+_BASETEMP: list[str] = []  # this session's pytest temp root (set by the fixture below)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_paths(tmp_path_factory):
+    _BASETEMP.append(f"{tmp_path_factory.getbasetemp()}/")
+
+
 def _job_processes() -> list[str]:
-    """This checkout's horovodrun and worker processes (its own .venv: another checkout's suite
-    may run on the same machine)."""
+    """This suite's horovodrun and worker processes: this checkout's .venv and a run directory
+    under this session's temp root, or started by this process (another suite, or a user's own
+    run from the same checkout, may be running on the machine)."""
     import psutil
 
     found, own = [], f"{ROOT}/"
+    mine = {c.pid for c in psutil.Process().children(recursive=True)}
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if own in cmd and ("hvdtrain.worker --run-dir" in cmd or "bin/horovodrun" in cmd):
+        ours = p.pid in mine or any(base in cmd for base in _BASETEMP)
+        if ours and own in cmd and ("hvdtrain.worker" in cmd or "bin/horovodrun" in cmd):
             found.append(f"{p.pid}: {cmd[:160]}")
     return found
 
@@ -99,3 +110,17 @@ def no_orphans(request):
     while _job_processes() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _job_processes() == [], "processes outlived the test"
+
+
+# Log windows of 5 steps (digits-cnn logs once per epoch at np=2), so that the warmup over epoch 1
+# shows in several points of metrics.jsonl.
+LOG5 = ["train.log_interval=5"]
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One full digits-cnn run (the demo, with LOG5), shared by test_train_run and test_after."""
+    run_dir = tmp_path_factory.mktemp("digits") / "run"
+    proc = hvdtrain("run", "digits-cnn", *LOG5, "--np", "2", "--run-dir", str(run_dir),
+                    timeout=300)
+    return run_dir, proc

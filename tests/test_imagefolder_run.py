@@ -139,3 +139,42 @@ def test_an_undecodable_image_stops_the_run_naming_it(shapes_run, run_cli,
                        "was zero") for n, w in enumerate(warnings, 1))
     done = next(e for e in events(proc) if e["event"] == "done")
     assert done["replicas_identical"] and done["steps_per_rank"] == [8, 8]
+
+
+def test_eval_and_predict_an_image_folder_model(shapes_run, run_cli, tmp_path: Path) -> None:
+    data, run_dir, evs = shapes_run
+    last = [e for e in evs if e["event"] == "epoch"][-1]
+    own = run_cli("eval", str(run_dir), "--checkpoint", "last", "--np", "2", "--json",
+                  timeout=300)
+    assert own.returncode == 0, own.stderr
+    own = json.loads(own.stdout)
+    assert (own["samples"], own["top1"], own["loss"]) == (4 * 20 + 1, last["eval_acc"],
+                                                          last["eval_loss"])
+    assert own["classes"] == sorted(CLASSES) and own["k"] == 4
+    # another folder of some of the classes, matched by name (no val/: the classes directly)
+    sub = tmp_path / "sub"
+    for cls in ("square", "circle"):
+        shutil.copytree(data / "val" / cls, sub / cls)
+    (sub / "circle" / "broken.png").write_bytes(b"not a png")
+    proc = run_cli("eval", str(run_dir), "--data", str(sub), "--json")
+    assert proc.returncode == 0, proc.stderr
+    other = json.loads(proc.stdout)
+    support = {c["class"]: c["support"] for c in other["per_class"]}
+    assert support == {"circle": 21, "cross": 0, "square": 20, "triangle": 0}
+    assert (other["samples"], other["listed"], other["skipped_images"]) == (41, 42, 1)
+    assert other["skipped_example"].startswith(f"{sub}/circle/broken.png (")
+    (sub / "zebra").mkdir()
+    proc = run_cli("eval", str(run_dir), "--data", str(sub))
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: data folder {sub} cannot be scored (1 problem):\n  {sub}: "
+                           "class folder(s) 'zebra' are not classes of the model (it knows "
+                           "circle, cross, square, triangle): remove or rename them\n")
+    # predict: class names for each image, the undecodable one reported on its own line
+    proc = run_cli("predict", str(run_dir), str(sub / "square"), str(sub / "circle" /
+                                                                     "broken.png"), "--json")
+    assert proc.returncode == 1
+    preds = json.loads(proc.stdout)["predictions"]
+    assert len(preds) == 21 and preds[-1]["file"] == str(sub / "circle" / "broken.png")
+    assert preds[-1]["error"].startswith("UnidentifiedImageError: ")
+    top = [p["top"][0]["class"] for p in preds[:-1]]
+    assert top.count("square") >= 18 and len(preds[0]["top"]) == 3

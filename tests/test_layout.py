@@ -161,17 +161,22 @@ def test_cli_commands_only_forward() -> None:
     tree = ast.parse((PKG / "cli.py").read_text())
     commands = [f for f in tree.body if isinstance(f, ast.FunctionDef)
                 and any("command" in ast.unparse(d) for d in f.decorator_list)]
+    after = {"eval_": "eval_command", "predict": "predict_command", "export": "export_command"}
     assert {f.name for f in commands} == {"doctor", "recipes", "show", "validate", "hosts", "plan",
-                                          "run", "runs", "report", "sbatch", "bench"}
+                                          "run", "runs", "report", "sbatch", "bench", *after}
     for f in commands:
         body = [s for s in f.body if not (isinstance(s, ast.Expr)
                                           and isinstance(s.value, ast.Constant))]
         assert len(body) <= 3, f.name
         forwards = [c for c in ast.walk(f) if isinstance(c, ast.Call)
                     and isinstance(c.func, ast.Attribute)
-                    and ast.unparse(c.func.value) in ("_commands()", "commands")]
-        assert f.name in {c.func.attr for c in forwards}, f"{f.name} forwards to commands"
+                    and ast.unparse(c.func.value) in ("_commands()", "commands", "_after()")]
+        assert after.get(f.name, f.name) in {c.func.attr for c in forwards}, \
+            f"{f.name} forwards to commands (or launcher/after.py)"
         assert all(not c.args for c in forwards), f"{f.name} forwards by keyword only"
+    tree_after = ast.parse((PKG / "launcher" / "after.py").read_text())
+    assert [f.name for f in tree_after.body if isinstance(f, ast.FunctionDef)
+            and f.name in after.values() and f.args.args] == []
     assert "locals()" not in (PKG / "cli.py").read_text()
     # ... to keyword-only functions
     tree = ast.parse((PKG / "launcher" / "commands.py").read_text())

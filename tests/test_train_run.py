@@ -21,20 +21,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-# Log windows of 5 steps (digits-cnn logs once per epoch at np=2), so that the warmup over epoch 1
-# shows in several points of metrics.jsonl and the TensorBoard curves.
-LOG5 = ["train.log_interval=5"]
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory, ) -> tuple[Path, object]:
-    """One full digits-cnn run (the demo, with LOG5), shared by the assertions below."""
-    from conftest import hvdtrain
-
-    run_dir = tmp_path_factory.mktemp("digits") / "run"
-    proc = hvdtrain("run", "digits-cnn", *LOG5, "--np", "2", "--run-dir", str(run_dir),
-                    timeout=300)
-    return run_dir, proc
+from conftest import LOG5
 
 
 def test_digits_reaches_97_percent_with_identical_replicas(digits_run) -> None:
@@ -78,7 +65,8 @@ def test_run_directory_contents(digits_run) -> None:
     epochs = [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["event"] == "epoch"]
     assert epochs == list(range(1, 13))
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert ckpts == ["epoch-0010.pt", "epoch-0011.pt", "epoch-0012.pt"]  # keep_checkpoints: 3
+    # keep_checkpoints: 3, and the best epoch's weights (test_after.py)
+    assert ckpts == ["best.pt", "epoch-0010.pt", "epoch-0011.pt", "epoch-0012.pt"]
     state = torch.load(run_dir / "checkpoints" / "epoch-0012.pt", weights_only=True)
     assert state["epoch"] == 12 and state["global_step"] == 12 * 22
     logs = run_dir / "logs"
@@ -118,11 +106,12 @@ def test_tensorboard_curves_match_the_metrics(digits_run) -> None:
     recipe = load_recipe("digits-cnn").recipe
     records = read_jsonl(run_dir / "metrics.jsonl")
     lrs = curves["train/lr"]
-    # per log window (5 steps and each epoch's last): the warmup over epoch 1 shows in 5 points
-    assert [s for s, _ in lrs] == [r["global_step"] for r in records if r["event"] == "step"]
-    assert [s for s, _ in lrs][:6] == [5, 10, 15, 20, 22, 27]
+    # every step, the 22 of the warmup included (written at each log window from the schedule)
+    assert [s for s, _ in lrs] == list(range(1, 12 * 22 + 1))
     for step, value in lrs:
         assert value == pytest.approx(lr_at(step - 1, 22, 2, lr_config(recipe)), rel=1e-6, abs=1e-9)
+    warm = [v for _, v in lrs[:22]]
+    assert warm == sorted(warm) and warm[0] < 0.11 and warm[-1] == pytest.approx(0.2)
     epochs = [r for r in records if r["event"] == "epoch"]
     assert curves["eval/accuracy"] == [(r["global_step"], pytest.approx(r["eval_acc"], rel=1e-6))
                                        for r in epochs]
@@ -177,9 +166,10 @@ def test_resume_continues_at_the_next_epoch_with_restored_optimizer_state(tmp_pa
     assert epochs == [1, 2]  # nothing lost, nothing repeated
     first_step_after = next(e for e in events if e["event"] == "step")
     assert first_step_after["global_step"] > 22  # the schedule continues from step 22
-    steps = [s for s, _ in scalars(run_dir / "tensorboard")["train/lr"]]
-    assert steps == [e * 22 + s for e in (0, 1) for s in (5, 10, 15, 20, 22)]  # appended, no
-    # step twice
+    curves = scalars(run_dir / "tensorboard")
+    assert [s for s, _ in curves["train/lr"]] == list(range(1, 45))  # appended, no step twice
+    assert [s for s, _ in curves["train/loss"]] == [e * 22 + s for e in (0, 1)
+                                                    for s in (5, 10, 15, 20, 22)]
 
 
 def test_resume_of_a_finished_run_does_nothing(digits_run, run_cli) -> None:

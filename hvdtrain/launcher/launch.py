@@ -234,6 +234,8 @@ def _launch(plan: Plan, folder: RunDir, lock: int, as_json: bool) -> int:
     previous = folder.read_manifest() if plan.resume else None
     if previous is not None:
         info["previous"] = previous
+        if "best" in previous:  # best.pt stays until a resumed epoch beats it
+            info["best"] = previous["best"]
     if plan.resume:
         info["resume_changes"] = plan.resume_changes
     folder.write_manifest(info)
@@ -351,6 +353,8 @@ def _record(ev: Event, info: Manifest, metrics: Any) -> None:
                     devices=ev["devices"], host_memory=ev["host_memory"], classes=ev["classes"])
     elif kind == "stopped":
         info["stopped"] = ev
+    elif kind == "best":
+        info["best"] = {"epoch": ev["epoch"], "eval_acc": ev["eval_acc"], "path": ev["path"]}
     elif kind == "done":
         info.update(param_hashes=ev["param_hashes"], replicas_identical=ev["replicas_identical"],
                     final_eval_acc=ev["eval_acc"])

@@ -1,5 +1,5 @@
 """`hvdtrain report RUN_DIR [RUN_DIR ...]`: one PNG of the curves (loss and accuracy by epoch,
-the LR by step, images/s by epoch), several runs overlaid and named by what differs between them,
+the LR of every step, images/s by epoch), several runs overlaid and named by what differs between them,
 and a text summary. It reads only run directories (manifest.json, metrics.jsonl): no torch, no
 horovod, so a copied run directory can be looked at anywhere matplotlib is installed."""
 
@@ -14,7 +14,9 @@ from typing import Any
 from hvdtrain.errors import UserError
 from hvdtrain.launcher.runs import describe
 from hvdtrain.manifest import EPOCH_NUMBERS, Manifest, Status, records
+from hvdtrain.recipe import Recipe, lr_config
 from hvdtrain.rundir import RunDir
+from hvdtrain.schedule import lr_at
 
 # Settings that never tell runs apart in a legend; at most this many keys name a run.
 IGNORED = ("description", "launch.output_dir")
@@ -81,6 +83,29 @@ def name_runs(runs: list[Run]) -> None:
             r.label += " (still running)"
 
 
+def step_lrs(r: Run) -> tuple[list[int], list[float]]:
+    """(step, LR) of every step up to the last logged one, the warmup included: the schedule is a
+    pure function of the step (hvdtrain/schedule.py), so the run's recipe and each window's
+    steps per epoch and world size give them all. The logged points alone when the recipe in the
+    manifest cannot be read (edited, or another hvdtrain's)."""
+    logged = [s["global_step"] for s in r.steps], [s["lr"] for s in r.steps]
+    try:
+        cfg = lr_config(Recipe.model_validate(r.manifest.get("recipe_resolved")))
+    except (ValueError, TypeError):
+        return logged
+    sizes = {e["epoch"]: e.get("world_size") for e in r.epochs}
+    xs: list[int] = []
+    ys: list[float] = []
+    for s in r.steps:
+        spe, size = s.get("steps"), sizes.get(s.get("epoch")) or r.manifest.get("np")
+        if not (isinstance(spe, int) and spe > 0 and isinstance(size, int) and size > 0):
+            return logged
+        for i in range(xs[-1] if xs else 0, s["global_step"]):  # step i+1 trained with lr_at(i)
+            xs.append(i + 1)
+            ys.append(lr_at(i, spe, size, cfg))
+    return xs, ys
+
+
 def figure(runs: list[Run]):
     """The 2x2 figure: loss, accuracy, LR, images/s (matplotlib's Agg backend, no display)."""
     try:
@@ -104,14 +129,13 @@ def figure(runs: list[Run]):
                  label=f"{r.label} train")
         acc.plot([e["epoch"] for e in ev], [e["eval_acc"] for e in ev], "--", marker=".",
                  color=line.get_color(), label=f"{r.label} eval")
-        lr.plot([s["global_step"] for s in r.steps], [s["lr"] for s in r.steps],
-                color=line.get_color(), label=r.label)
+        lr.plot(*step_lrs(r), color=line.get_color(), label=r.label)
         speed.plot(ep, [e["images_per_s"] for e in r.epochs], marker=".",
                    color=line.get_color(), label=r.label)
     if all(v > 0 for line in loss.get_lines() for v in line.get_ydata()):
         loss.set_yscale("log")  # one diverged run must not flatten the others' curves
     for ax, title, xlabel in ((loss, "loss", "epoch"), (acc, "accuracy", "epoch"),
-                              (lr, "learning rate (logged steps)", "global step"),
+                              (lr, "learning rate (every step)", "global step"),
                               (speed, "images/s (all ranks)", "epoch")):
         ax.set_title(title)
         ax.set_xlabel(xlabel)

@@ -4,6 +4,7 @@ for ``--json``. They draw the typed events (hvdtrain/events.py) the launcher han
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hvdtrain.events import (CheckpointEvent, DoneEvent, EpochEvent, Event, ResetEvent,
+from hvdtrain.events import (BestEvent, CheckpointEvent, DoneEvent, EpochEvent, Event, ResetEvent,
                              ResumedEvent, StepEvent, StoppedEvent)
 from hvdtrain.launcher.display import _fmt, _fmt_acc, resume_text
 from hvdtrain.manifest import INTERRUPTS, STOPPED_EXIT
@@ -82,6 +83,7 @@ class PlainView:
         self.plan, self.out = plan, out or sys.stdout
         self.epochs: list[EpochEvent] = []
         self.done: DoneEvent | None = None
+        self.best: BestEvent | None = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -123,6 +125,8 @@ class PlainView:
             self.say(f"error: {e['message']}")
         elif kind == "done":
             self.done = e
+        elif kind == "best":
+            self.best = e
 
     def output(self, line) -> None:
         who = "horovodrun" if line.rank is None else f"rank {line.rank}"
@@ -144,6 +148,10 @@ class PlainView:
     def end(self, code: int, failure: list[str] | None = None) -> None:
         for line in failure or []:
             self.say(line)
+        if self.best is not None and code == 0:
+            self.say(f"best model: epoch {self.best['epoch']}, eval accuracy "
+                     f"{_fmt_acc(self.best['eval_acc'])} -> {self.best['path']} (try: hvdtrain "
+                     f"eval {shlex.quote(str(self.plan.run_dir))})")
         self.say(self.closing(code))
 
 

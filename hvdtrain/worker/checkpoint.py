@@ -48,9 +48,17 @@ def save(folder: Path, epoch: int, state: dict[str, Any], keep: int,
 
     ``before_replace`` runs between the complete temp file and the rename (fault-injection hook).
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(folder, epoch, step)
-    fd, tmp = tempfile.mkstemp(prefix=CHECKPOINT_TMP_PREFIX, suffix=".pt", dir=folder)
+    final = write_atomic(checkpoint_path(folder, epoch, step), state, before_replace)
+    for _, old in list_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def write_atomic(final: Path, state: dict[str, Any],
+                 before_replace: Callable[[], object] | None = None) -> Path:
+    """``torch.save`` to a temp file beside ``final``, fsync, then rename over it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=CHECKPOINT_TMP_PREFIX, suffix=".pt", dir=final.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
@@ -62,8 +70,6 @@ def save(folder: Path, epoch: int, state: dict[str, Any], keep: int,
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    for _, old in list_checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
     return final
 
 

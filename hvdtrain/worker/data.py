@@ -38,27 +38,33 @@ class Dataset:
     eval_x: torch.Tensor
     eval_y: torch.Tensor
     num_classes: int
+    # per-channel normalisation applied to the file's pixel values (the training split's)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
 
-def _normalise(train: np.ndarray, evalx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel standardisation with the training split's statistics."""
+def _normalise(train: np.ndarray, evalx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor,
+                                                             tuple[float, ...], tuple[float, ...]]:
+    """Per-channel standardisation with the training split's statistics (returned too: the
+    checkpoint's model card carries them, so `predict` normalises new arrays the same way)."""
     train_t = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
     eval_t = torch.from_numpy(np.ascontiguousarray(evalx, dtype=np.float32))
     mean = train_t.mean(dim=(0, 2, 3), keepdim=True)
     std = train_t.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return (train_t - mean) / std, (eval_t - mean) / std
+    return ((train_t - mean) / std, (eval_t - mean) / std, tuple(mean.flatten().tolist()),
+            tuple(std.flatten().tolist()))
 
 
 def load_digits_split() -> Dataset:
     """scikit-learn's embedded 8x8 digits with a fixed stratified 80/20 split."""
     xtr, xev, ytr, yev = _digits_arrays()
-    train_x, eval_x = _normalise(xtr, xev)
+    train_x, eval_x, mean, std = _normalise(xtr, xev)
     return Dataset("digits", train_x, torch.from_numpy(ytr).long(), eval_x,
-                   torch.from_numpy(yev).long(), 10)
+                   torch.from_numpy(yev).long(), 10, mean, std)
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -103,7 +109,7 @@ def make_synthetic(cfg: DataConfig, seed: int) -> Dataset:
                    torch.randint(0, s.num_classes, (s.train_samples,), generator=g),
                    torch.randn((s.eval_samples, *shape), generator=g),
                    torch.randint(0, s.num_classes, (s.eval_samples,), generator=g),
-                   s.num_classes)
+                   s.num_classes, (0.0,) * shape[0], (1.0,) * shape[0])
 
 
 def _read_maybe_gz(folder: Path, stem: str) -> bytes:
@@ -142,9 +148,9 @@ def load_mnist(folder: Path) -> Dataset:
         if n_img != n_lab or arrays[f"{split}_images"].ndim != 3:
             raise DataError(f"MNIST {split} split in {folder}: {n_img} images of shape "
                             f"{arrays[f'{split}_images'].shape[1:]} but {n_lab} labels")
-    tr, ev = _normalise(arrays["train_images"][:, None], arrays["eval_images"][:, None])
+    tr, ev, mean, std = _normalise(arrays["train_images"][:, None], arrays["eval_images"][:, None])
     return Dataset("mnist", tr, torch.from_numpy(arrays["train_labels"].astype(np.int64)), ev,
-                   torch.from_numpy(arrays["eval_labels"].astype(np.int64)), 10)
+                   torch.from_numpy(arrays["eval_labels"].astype(np.int64)), 10, mean, std)
 
 
 # Everything the official CIFAR-10 python batches (and re-pickled copies of them) reference:
@@ -201,8 +207,9 @@ def load_cifar10(folder: Path) -> Dataset:
             raise DataError(f"CIFAR-10 file malformed: {path}: {exc}") from None
     train_x = np.concatenate([p[0] for p in parts[:-1]])
     train_y = np.concatenate([p[1] for p in parts[:-1]])
-    tr, ev = _normalise(train_x, parts[-1][0])
-    return Dataset("cifar10", tr, torch.from_numpy(train_y), ev, torch.from_numpy(parts[-1][1]), 10)
+    tr, ev, mean, std = _normalise(train_x, parts[-1][0])
+    return Dataset("cifar10", tr, torch.from_numpy(train_y), ev, torch.from_numpy(parts[-1][1]), 10,
+                   mean, std)
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:

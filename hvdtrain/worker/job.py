@@ -68,6 +68,7 @@ class Job:
     host_memory: str  # what memory.keep_freed_memory() did: kept / default / unavailable
     scaler: torch.amp.GradScaler | None = None  # precision fp16 only
     board: Board = field(default_factory=Board)  # rank 0's TensorBoard writer (or a no-op)
+    best_acc: float | None = None  # rank 0: best.pt's eval accuracy (None: not read yet)
     cfg: LRConfig = field(init=False)
     grads_finite: FiniteCheck = field(init=False)
     adasum: bool = field(init=False)

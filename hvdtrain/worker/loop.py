@@ -44,11 +44,11 @@ from hvdtrain.events import WorkerExit
 from hvdtrain.recipe import IN_MEMORY
 from hvdtrain.rundir import checkpoint_path
 from hvdtrain.schedule import lr_at
-from hvdtrain.worker import checkpoint
 from hvdtrain.worker.board import open_board
 from hvdtrain.worker.data import DataError, eval_shard
 from hvdtrain.worker.job import Counters, Job
 from hvdtrain.worker.optim import state_hash
+from hvdtrain.worker.saving import keep_best, rng_states, save_checkpoint
 from hvdtrain.worker.sources import Batch
 from hvdtrain.worker.step import (
     Meter,
@@ -105,7 +105,9 @@ def run_steps(job: Job, counters: Counters, spe: int, meter: Meter,
         if (step + 1) % log_interval == 0 or step + 1 == spe:
             loss, acc, rate = meter.flush()
             job.board.scalars(counters.global_step, train__loss=loss, train__accuracy=acc,
-                              train__images_per_s=rate, train__lr=lr)
+                              train__images_per_s=rate)
+            job.board.learning_rates(counters.global_step,
+                                     lambda i: lr_at(i, spe, size, job.cfg))
             if rank == 0:
                 events.emit("step", epoch=epoch, step=step + 1, steps=spe,
                             global_step=counters.global_step, loss=loss, acc=acc, lr=lr,
@@ -152,7 +154,10 @@ def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
                 data_wait_share=waiting,
                 lr=lr, global_step=counters.global_step, world_size=hvd.size())
     if due:
-        save_checkpoint(job, epoch, counters.global_step, rng=rng)
+        save_checkpoint(job, epoch, counters.global_step, rng=rng,
+                        eval_acc=counters.eval_acc if evaluated else None)
+    if evaluated:
+        keep_best(job, epoch, counters.global_step, counters.eval_acc)
 
 
 def train_epochs(job: Job, counters: Counters, after_step: Callable[[int], None] | None = None,
@@ -220,29 +225,6 @@ def report_skipped(job: Job, epoch: int) -> None:
                    "was zero" if empty else "")
         events.emit("warning", message=f"epoch {epoch}: skipped {total} image(s) that failed to "
                                        f"decode (data.on_bad_image: skip){example}{batches}")
-
-
-def rng_states() -> list[torch.Tensor]:
-    """Every rank: all ranks' CPU RNG states (dropout, augmentation), for a checkpoint."""
-    # Horovod: gathered to rank 0, which writes them; a resume gives each rank its own back.
-    return hvd.allgather_object(torch.get_rng_state())
-
-
-def save_checkpoint(job: Job, epoch: int, global_step: int, step: int = 0,
-                    rng: list[torch.Tensor] | None = None) -> str:
-    """Rank 0: the durable checkpoint after ``epoch`` completed epochs (and ``step`` steps of the
-    next, whose first ``processed_samples`` of the epoch's permutation are done), then its event."""
-    path = checkpoint.save(job.run_dir.checkpoints, epoch, {
-        "epoch": epoch, "step": step, "global_step": global_step, "world_size": hvd.size(),
-        "rng": rng,
-        "processed_samples": job.sampler.processed_num if step else 0,
-        "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
-        "recipe_model": job.recipe.model.model_dump(mode="json"),
-        "classes": job.data.classes,
-    }, keep=job.recipe.train.keep_checkpoints,
-        before_replace=lambda: job.hooks.before_checkpoint_replace(0, epoch), step=step)
-    events.emit("checkpoint", epoch=epoch, step=step, path=str(path))
-    return str(path)
 
 
 def sync_buffers(model: torch.nn.Module) -> None:

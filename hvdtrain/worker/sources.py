@@ -29,6 +29,8 @@ class Source(Protocol):
     classes: list[str] | None  # class names (image folders), saved with the checkpoints
     train_size: int
     eval_size: int
+    # what each channel is normalised with (the model card's mean/std); None: a data component
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None
 
     def train_batches(self, indices: list[int]) -> Iterator[Batch]: ...
 
@@ -50,6 +52,7 @@ class InMemory:
         self.name, self.num_classes = self.data.name, self.data.num_classes
         self.input_shape = self.data.input_shape
         self.train_size, self.eval_size = len(self.data.train_y), len(self.data.eval_y)
+        self.norm = (self.data.mean, self.data.std)
 
     def train_batches(self, indices: list[int]) -> Iterator[Batch]:
         for part in torch.tensor(indices, dtype=torch.long).split(self.batch):
@@ -93,6 +96,8 @@ class Loaded:
 
     def __post_init__(self) -> None:
         self.train_size, self.eval_size = len(self.train), len(self.val)
+        self.norm = ((tuple(self.cfg.mean), tuple(self.cfg.std)) if self.cfg.dataset ==
+                     "imagefolder" else None)
         self._loaders = {}
         for split, ds, batch in (("train", self.train, self.cfg.batch_size),
                                  ("eval", self.val, self.cfg.eval_batch_size)):
