@@ -71,7 +71,7 @@ def test_lr_steps_eval_and_checkpoints_follow_the_recipe(both_modes) -> None:
     assert [e["epoch"] for e in fixed if e["event"] == "checkpoint"] == [2, 3]
     for folder in (fixed_dir, elastic_dir):
         assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == [
-            "epoch-0002.pt", "epoch-0003.pt"]
+            "best.pt", "epoch-0002.pt", "epoch-0003.pt"]  # best.pt: the best evaluated epoch
     warnings = [e["message"] for e in fixed if e["event"] == "warning"]
     assert warnings == ["non-finite gradients at epoch 2 step 3: step skipped"]
     done = next(e for e in fixed if e["event"] == "done")
