@@ -31,12 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     from hvdtrain.errors import UserError
 
     try:
-        result, rank = run(args)
-        code = 0
+        result, code = run(args), 0
     except UserError as exc:
-        result, rank, code = {"ok": False, "error": exc.lines()}, int(
-            os.environ.get("HOROVOD_RANK", "0")), 2
-    if rank == 0:
+        result, code = {"ok": False, "error": exc.lines()}, 2
+    if rank_of() == 0:  # under horovodrun every rank runs this; one writes
         tmp = args.out.with_name(f".{args.out.name}.tmp")
         tmp.write_text(json.dumps(result, indent=1) + "\n")
         os.replace(tmp, args.out)
@@ -44,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(code)  # without Horovod's atexit shutdown racing the other ranks' exits
 
 
-def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from hvdtrain.worker.after import model as models
@@ -57,15 +55,15 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             "card_eval_acc": card["eval_acc"], "skipped_checkpoints": skipped,
             "classes": models.class_names(card)}
     if args.command == "eval":
-        return {**head, **evaluate(net, card, args.data)}, rank_of()
+        return {**head, **evaluate(net, card, args.data)}
     if args.command == "predict":
         from hvdtrain.worker.after.predicting import predict
 
         return {**head, "predictions": predict(net, card, head["classes"], args.inputs,
-                                               args.top_k)}, 0
+                                               args.top_k)}
     from hvdtrain.worker.after.exporting import export
 
-    return {**head, **export(net, card, args.format, args.output)}, 0
+    return {**head, **export(net, card, args.format, args.output)}
 
 
 def rank_of() -> int:
