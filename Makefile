@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml hvdtrain/__init__.py hvdtrain/setup/horovod_build.py hv
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check "torch==$(TORCH_VERSION)"
 	@$(PY) -m hvdtrain.setup.horovod_build
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,report,export]"
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,tensorboard,report,export,mlflow]"
 	@touch $(STAMP)
 	@echo "[hvdtrain install] done: $(VENV)/bin/hvdtrain"
 

@@ -349,6 +349,20 @@ def export(
                                              out=out, as_json=as_json))
 
 
+@app.command()
+def track(
+    run_dir: RunDirArg,
+    uri: Annotated[Optional[str], typer.Option(
+        "--uri", help="MLflow tracking URI (default: the run's tracking.uri, else "
+                      "MLFLOW_TRACKING_URI, else the server the run was logged to).",
+        show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a run to MLflow: what its launches could not send (the server was unreachable),
+    or all of a run trained without tracking. Safe to repeat: nothing is sent twice."""
+    raise typer.Exit(_commands().track(run_dir=run_dir, uri=uri, as_json=as_json))
+
+
 def report_error(exc: UserError, as_json: bool) -> int:
     """The one place bad input is reported: the message on stderr (and JSON on stdout)."""
     from rich.console import Console

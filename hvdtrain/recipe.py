@@ -11,17 +11,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
 from hvdtrain.errors import UserError
+from hvdtrain.recipe_types import (
+    Channel,
+    Fraction,
+    NonNegFloat,
+    NonNegInt,
+    NotBool,
+    PosFloat,
+    PosInt,
+    Section,
+    StdChannel,
+    component_name,
+    safe_path,
+)
 from hvdtrain.recipe_yaml import SafeLoader
 from hvdtrain.rules import device_problems
 from hvdtrain.schedule import LRConfig, steps_per_epoch
@@ -29,75 +34,21 @@ from hvdtrain.schedule import LRConfig, steps_per_epoch
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IFACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$")  # Linux IFNAMSIZ is 16 with NUL
-# A path handed to horovodrun or a worker: printable, no shell metacharacters needed by anyone.
-SAFE_PATH = re.compile(r"^[A-Za-z0-9_./~+@%-][A-Za-z0-9_./~+@%=, -]*$")
 
-MAX_INT = 2**31 - 1  # Horovod reads its flags into C ints; no count or size here needs more
 MAX_RECIPE_BYTES = 256 << 10  # a recipe is a few KiB; this bounds the time to validate one
 MAX_PROBLEMS = 50  # listed per recipe; the rest are counted
-# libyaml's C parser where PyYAML was built with it (the wheels are): ~10x faster on big files.
+IN_MEMORY = ("digits", "synthetic", "mnist", "cifar10")  # loaded whole into every worker
+MAX_LOADER_WORKERS = 64
 
 
-def _not_bool(value: object) -> object:
-    """YAML's true/false are not numbers here (pydantic would quietly read them as 1 and 0)."""
-    if isinstance(value, bool):
-        raise ValueError("Input should be a number, not a boolean")
-    return value
-
-
-NotBool = BeforeValidator(_not_bool)
-PosInt = Annotated[int, NotBool, Field(gt=0, le=MAX_INT)]
-NonNegInt = Annotated[int, NotBool, Field(ge=0, le=MAX_INT)]
-PosFloat = Annotated[float, NotBool, Field(gt=0, le=1e9)]
-NonNegFloat = Annotated[float, NotBool, Field(ge=0, le=1e9)]
-Fraction = Annotated[float, NotBool, Field(ge=0, lt=1)]
-
-
-class _Section(BaseModel):
-    # allow_inf_nan=False: .inf / .nan are refused everywhere ("Input should be a finite number").
-    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
-
-
-def _safe_path(value: str | None, what: str) -> str | None:
-    if value is not None and not SAFE_PATH.match(value):
-        raise ValueError(f"{what} {value!r} has characters hvdtrain does not pass on "
-                         "(allowed: letters, digits, and _ . / ~ + @ % = , - space)")
-    return value
-
-
-class SyntheticConfig(_Section):
+class SyntheticConfig(Section):
     image_shape: tuple[PosInt, PosInt, PosInt] = (3, 32, 32)
     num_classes: PosInt = 10
     train_samples: PosInt = 8192
     eval_samples: PosInt = 1024
 
 
-IN_MEMORY = ("digits", "synthetic", "mnist", "cifar10")  # loaded whole into every worker
-COMPONENT = re.compile(r"^[^\W\d]\w*(\.[^\W\d]\w*)*:[^\W\d]\w*$")
-MAX_LOADER_WORKERS = 64
-Channel = Annotated[float, NotBool, Field(ge=-1e3, le=1e3)]
-
-
-def _std(value: float) -> float:
-    """Pixels are divided by std in float32: below ~1e-4 the inputs overflow (NaN at step 1)."""
-    if not 1e-4 <= value <= 1e3:
-        raise ValueError(f"a channel std of {value:g} is outside 0.0001..1000 (pixels are in 0..1, "
-                         "so their std is about 0.1-0.3; a tiny std overflows the inputs)")
-    return value
-
-
-StdChannel = Annotated[float, NotBool, AfterValidator(_std)]
-
-
-def _component(value: str | None, key: str) -> str | None:
-    if value is not None and not COMPONENT.match(value):
-        raise ValueError(f"{value!r} is not \"package.module:factory\" (a module path, one ':', "
-                         f"then the function or class to call), e.g. {key}: "
-                         "\"examples.custom_model:build\"")
-    return value
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     dataset: Literal["digits", "synthetic", "mnist", "cifar10", "imagefolder", "component"] = \
         "digits"
     data_dir: str | None = None
@@ -116,7 +67,7 @@ class DataConfig(_Section):
     @field_validator("component")
     @classmethod
     def _component_form(cls, v: str | None) -> str | None:
-        return _component(v, "data.component")
+        return component_name(v, "data.component")
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
@@ -130,11 +81,11 @@ class DataConfig(_Section):
             raise ValueError(f"loader_workers applies to imagefolder and component data sets: "
                              f"{self.dataset!r} is held in memory and loads nothing per step; "
                              "set loader_workers: 0")
-        _safe_path(self.data_dir, "data_dir")
+        safe_path(self.data_dir, "data_dir")
         return self
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     arch: Literal["small_cnn", "resnet", "resnet18"] = "small_cnn"
     width: PosInt = 32  # channels of the first conv layer
     depth: Annotated[int, NotBool, Field(ge=1, le=8)] = 2  # residual blocks per stage (resnet)
@@ -145,10 +96,10 @@ class ModelConfig(_Section):
     @field_validator("component")
     @classmethod
     def _component_form(cls, v: str | None) -> str | None:
-        return _component(v, "model.component")
+        return component_name(v, "model.component")
 
 
-class OptimizerConfig(_Section):
+class OptimizerConfig(Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     base_lr: PosFloat = 0.05  # per worker; scaled by world size under the linear rule
     momentum: Fraction = 0.9
@@ -174,7 +125,7 @@ class OptimizerConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     epochs: PosInt = 10
     seed: Annotated[int, NotBool, Field(ge=0, le=2**62)] = 42
     eval_every: PosInt = 1  # epochs
@@ -204,7 +155,7 @@ class TrainConfig(_Section):
         return v
 
 
-class HorovodConfig(_Section):
+class HorovodConfig(Section):
     compression: Literal["fp16", "none"] = "fp16"
     op: Literal["average", "adasum"] = "average"
     gradient_predivide_factor: PosFloat = 1.0
@@ -235,12 +186,12 @@ class HorovodConfig(_Section):
                 self.stall_check_shutdown_seconds <= self.stall_check_warning_seconds:
             raise ValueError("stall_check_shutdown_seconds must be greater than "
                              "stall_check_warning_seconds (or 0 to never shut down)")
-        _safe_path(self.timeline_file, "timeline_file")
-        _safe_path(self.autotune_log_file, "autotune_log_file")
+        safe_path(self.timeline_file, "timeline_file")
+        safe_path(self.autotune_log_file, "autotune_log_file")
         return self
 
 
-class ElasticConfig(_Section):
+class ElasticConfig(Section):
     min_np: PosInt
     max_np: PosInt | None = None
     host_discovery_script: str | None = None
@@ -256,11 +207,11 @@ class ElasticConfig(_Section):
             raise ValueError(f"max_np ({self.max_np}) is less than min_np ({self.min_np})")
         if self.cooldown_range and self.cooldown_range[0] > self.cooldown_range[1]:
             raise ValueError("cooldown_range is [min, max] seconds: min is larger than max")
-        _safe_path(self.host_discovery_script, "host_discovery_script")
+        safe_path(self.host_discovery_script, "host_discovery_script")
         return self
 
 
-class LaunchConfig(_Section):
+class LaunchConfig(Section):
     np: PosInt | None = None
     hosts: str | None = None  # "h1:2,h2:2"; or use hostfile
     hostfile: str | None = None
@@ -315,11 +266,48 @@ class LaunchConfig(_Section):
         if self.hosts and self.hostfile:
             raise ValueError("set either hosts or hostfile, not both")
         for what in ("hostfile", "ssh_identity_file", "output_dir"):
-            _safe_path(getattr(self, what), what)
+            safe_path(getattr(self, what), what)
         return self
 
 
-class Recipe(_Section):
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql",
+                    "databricks")
+
+
+def tracking_uri_problem(uri: str, where: str) -> str | None:
+    """Why ``uri`` is not an MLflow tracking URI, or None (also judges MLFLOW_TRACKING_URI)."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
+    if uri == "databricks" or (scheme in TRACKING_SCHEMES and not any(c.isspace() for c in uri)):
+        return None
+    return (f"{where} {uri!r} is not an MLflow tracking URI: give http://HOST:PORT (an mlflow "
+            "server), file:/PATH or sqlite:///PATH (a store on this machine), or databricks")
+
+
+class TrackingConfig(Section):
+    """MLflow: one MLflow run per hvdtrain run, logged by the launcher (never by the workers)."""
+
+    mlflow: bool = False  # needs the `mlflow` extra: pip install 'hvdtrain[mlflow]'
+    uri: str | None = None  # null: MLFLOW_TRACKING_URI
+    experiment: str | None = None  # null: the recipe's name
+    run_name: str | None = None  # null: the run directory's name
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        problem = v is not None and tracking_uri_problem(v, "tracking.uri")
+        if problem:
+            raise ValueError(problem.removeprefix("tracking.uri "))
+        return v
+
+    @field_validator("experiment", "run_name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or len(v) > 250 or any(c in v for c in "\0\n")):
+            raise ValueError("give a name of 1 to 250 characters on one line, or null")
+        return v
+
+
+class Recipe(Section):
     description: str = ""
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -328,6 +316,7 @@ class Recipe(_Section):
     horovod: HorovodConfig = HorovodConfig()
     launch: LaunchConfig = LaunchConfig()
     elastic: ElasticConfig | None = None
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _adasum_needs_mpi(self) -> Recipe:
@@ -369,6 +358,10 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
     if data.dataset != "imagefolder" and image_keys:
         out.append(f"data.{', data.'.join(image_keys)} appl{'ies' if len(image_keys) == 1 else 'y'}"
                    f" to dataset: imagefolder only (dataset is {data.dataset})")
+    tracking = sorted(recipe.tracking.model_fields_set - {"mlflow"})
+    if tracking and not recipe.tracking.mlflow:
+        out.append(f"tracking.{', tracking.'.join(tracking)} {'is' if len(tracking) == 1 else 'are'}"
+                   " set but tracking.mlflow is false: nothing is logged to MLflow")
     if opt.decay == "step" and max(opt.decay_epochs) >= train.epochs:
         late = [m for m in opt.decay_epochs if m >= train.epochs]
         out.append(f"optimizer.decay_epochs {late} are at or after the last epoch "

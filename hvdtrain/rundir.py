@@ -138,6 +138,20 @@ class RunDir:
         return self.path / "tensorboard"
 
     @property
+    def tracking(self) -> Path:
+        """MLflow (hvdtrain/launcher/tracking.py): what to log, and how far it got per server."""
+        return self.path / "tracking"
+
+    @property
+    def tracking_outbox(self) -> Path:
+        """The run's own records for MLflow (start, resume, end); metrics come from metrics.jsonl."""
+        return self.tracking / "mlflow.jsonl"
+
+    @property
+    def tracking_state(self) -> Path:
+        return self.tracking / "mlflow-state.json"
+
+    @property
     def stop_file(self) -> Path:
         """Written by the launcher (SIGUSR1: preemption, time limit); rank 0 polls it."""
         return self.path / "stop-request"

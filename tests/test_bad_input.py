@@ -147,7 +147,7 @@ CASES = [
      "shut down)\n"),
     ("unicode-key", ["digits-cnn", "données.taille=1"], {},
      RECIPE + "override 'données.taille=1': données: unknown key; valid keys: description, data, "
-     "model, optimizer, train, horovod, launch, elastic\n"),
+     "model, optimizer, train, horovod, launch, elastic, tracking\n"),
     # hosts
     ("empty-hosts", ["digits-cnn", "--hosts", ""], {},
      "error: --hosts is empty: give host:slots,..., or leave it out to run on this machine\n"),

@@ -268,7 +268,8 @@ def test_run_json_view_is_json_lines(tmp_path: Path) -> None:
         view.end(0)
     records = [json.loads(x) for x in out.getvalue().splitlines()]
     assert records[0]["event"] == "plan" and records[-1] == {"event": "exit", "code": 0,
-                                                             "run_dir": str(tmp_path), "failure": []}
+                                                             "run_dir": str(tmp_path), "failure": [],
+                                                             "notes": []}
     assert [r["event"] for r in records[1:-1]][:2] == ["start", "step"]
 
 

@@ -68,7 +68,7 @@ def side(name: str) -> str:
 
 FORBIDDEN = {
     "launcher": ("torch", "horovod", "sklearn", "hvdtrain.worker"),  # numpy: report's matplotlib
-    "worker": ("hvdtrain.launcher", "hvdtrain.setup", "hvdtrain.cli", "rich", "typer"),
+    "worker": ("hvdtrain.launcher", "hvdtrain.setup", "hvdtrain.cli", "rich", "typer", "mlflow"),
     "setup": ("hvdtrain.launcher", "hvdtrain.worker", "hvdtrain.cli"),
     "shared": ("torch", "horovod", "numpy", "sklearn", "hvdtrain.launcher", "hvdtrain.worker",
                "hvdtrain.setup", "hvdtrain.cli", "rich", "typer"),
@@ -163,7 +163,8 @@ def test_cli_commands_only_forward() -> None:
                 and any("command" in ast.unparse(d) for d in f.decorator_list)]
     after = {"eval_": "eval_command", "predict": "predict_command", "export": "export_command"}
     assert {f.name for f in commands} == {"doctor", "recipes", "show", "validate", "hosts", "plan",
-                                          "run", "runs", "report", "sbatch", "bench", *after}
+                                          "run", "runs", "report", "sbatch", "bench", "track",
+                                          *after}
     for f in commands:
         body = [s for s in f.body if not (isinstance(s, ast.Expr)
                                           and isinstance(s.value, ast.Constant))]

@@ -75,8 +75,9 @@ def output_path(value: str | None, option: str) -> Path | None:
 
 
 def run_child(command: str, files: list[Path], extra: list[str], np: int = 1,
-              what: str = "") -> dict[str, Any]:
-    """Run the inference process and return its result; bad input it found is a UserError."""
+              what: str | None = "") -> dict[str, Any]:
+    """Run the inference process and return its result; bad input it found is a UserError.
+    ``what``: the spinner's text on stderr; None: no spinner (the run's own view is drawing)."""
     with tempfile.TemporaryDirectory(prefix="hvdtrain-after-") as tmp:
         out = Path(tmp) / "result.json"
         argv = [sys.executable, "-m", "hvdtrain.worker.after", command, "--out", str(out),
@@ -84,8 +85,11 @@ def run_child(command: str, files: list[Path], extra: list[str], np: int = 1,
         if np > 1:
             argv = [default_horovodrun(), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
                     *argv]
-        with Console(stderr=True).status(what or f"{command}: loading the model"):
+        if what is None:
             ran = run_helper(argv, timeout=TIMEOUT)
+        else:
+            with Console(stderr=True).status(what or f"{command}: loading the model"):
+                ran = run_helper(argv, timeout=TIMEOUT)
         result = json.loads(out.read_text()) if out.is_file() else None
     if isinstance(result, dict) and result.get("ok") is False:
         lines = result.get("error") or ["the inference process refused its input"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from hvdtrain.launcher.hosts import hostname_problem
 from hvdtrain.launcher.plan import Plan
-from hvdtrain.recipe import IN_MEMORY, Recipe
+from hvdtrain.recipe import IN_MEMORY, Recipe, tracking_uri_problem
 from hvdtrain.rules import device_problems
 
 # Keys a checkpoint depends on: changing them between runs makes the saved state unusable.
@@ -25,12 +25,30 @@ class Machine:
     gpus: int  # NVIDIA device files (/dev/nvidia0, ...)
     memory_bytes: int
     build: dict | None  # how the installed Horovod was built (None: not recorded)
+    mlflow: bool = False  # the mlflow package is importable here (the launcher logs the run)
+    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI
 
 
 def machine_problems(plan: Plan, machine: Machine) -> list[str]:
     """Everything this machine can tell before launch."""
     return [*controller_problems(plan.recipe, machine.build), *gpu_problems(plan, machine.gpus),
-            *memory_problems(plan, machine.memory_bytes)]
+            *memory_problems(plan, machine.memory_bytes),
+            *tracking_problems(plan.recipe, machine.mlflow, machine.tracking_uri)]
+
+
+def tracking_problems(recipe: Recipe, installed: bool, env_uri: str | None) -> list[str]:
+    """tracking.mlflow needs MLflow in this process and a server or store to log to."""
+    if not recipe.tracking.mlflow:
+        return []
+    out = [] if installed else [
+        "tracking.mlflow is true, but MLflow is not installed here (the hvdtrain process logs "
+        "the run): pip install 'hvdtrain[mlflow]', or set tracking.mlflow=false"]
+    if recipe.tracking.uri is None and not env_uri:
+        out.append("tracking.mlflow is true, but no tracking server is named: set tracking.uri "
+                   "(e.g. http://127.0.0.1:5000) or MLFLOW_TRACKING_URI")
+    elif recipe.tracking.uri is None and env_uri:
+        out += [p for p in [tracking_uri_problem(env_uri, "MLFLOW_TRACKING_URI")] if p]
+    return out
 
 
 def controller_problems(recipe: Recipe, build: dict | None) -> list[str]:
@@ -143,18 +161,19 @@ def _discovery_line_problem(line: str) -> str | None:
     return hostname_problem(name)
 
 
-def _flatten(data: object, prefix: str = "") -> dict[str, object]:
+def flatten(data: object, prefix: str = "") -> dict[str, object]:
+    """Nested settings as dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
     if isinstance(data, dict):
         out: dict[str, object] = {}
         for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix.rstrip("."): data}
 
 
 def recipe_changes(saved: Recipe, new: Recipe) -> list[str]:
     """Every dotted key that differs, as ``key: old -> new``, sorted."""
-    a, b = _flatten(saved.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    a, b = flatten(saved.model_dump(mode="json")), flatten(new.model_dump(mode="json"))
 
     def shown(values: dict[str, object], key: str) -> str:
         return repr(values[key]) if key in values else "(unset)"

@@ -363,3 +363,10 @@ def bench(*, recipe: str, overrides: list[str], np: str, compression: str, hosts
         rnds = f", median of {rounds} interleaved rounds" if rounds > 1 else ""
         print_bench(_out(), rows, title + rnds, path)
     return 0 if all("error" not in r for r in rows) else 1
+
+
+def track(*, run_dir: str, uri: str | None, as_json: bool) -> int:
+    """`hvdtrain track`: hvdtrain/launcher/tracking.py."""
+    from hvdtrain.launcher.tracking import track_command
+
+    return track_command(run_dir=run_dir, uri=uri, as_json=as_json)

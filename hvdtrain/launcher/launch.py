@@ -167,6 +167,7 @@ class _Stream:
         self.tracebacks = TracebackFolder()  # worker tracebacks: exception line on screen
         self.divergence = Watch(plan.base_lr, plan.peak_lr, plan.np,
                                 plan.recipe.optimizer.warmup_epochs)
+        self.tracker: Any = None  # launcher/tracking.Tracker when the recipe logs to MLflow
 
     def feed(self, raw: str) -> None:
         line = parse_line(raw)
@@ -179,11 +180,18 @@ class _Stream:
                                   f"{problem}"))
         if line.events:
             self.metrics.flush()  # once per line: a held write carries many events
+            if self.tracker is not None:
+                self.tracker.poke()  # its thread uploads what metrics.jsonl gained
         elif line.rank is None and (self.launcher_traceback or _starts_traceback(line.text)):
             self.launcher_traceback = True  # horovodrun's own traceback: kept in the log only
         elif line.rank is None or line.stream != "stderr" or \
                 self.tracebacks.show(line.rank, line.text):
             self.view.output(line)
+
+    def tick(self) -> None:
+        """Between lines: what the MLflow thread has to say, shown from this thread."""
+        for message in self.tracker.said() if self.tracker is not None else []:
+            self.view.event({"event": "warning", "message": message})
 
     def _event(self, event: Event, raw: str) -> None:
         if event["event"] == "beat":
@@ -228,6 +236,7 @@ def launch(plan: Plan, as_json: bool = False) -> int:
 
 def _launch(plan: Plan, folder: RunDir, lock: int, as_json: bool) -> int:
     from hvdtrain.launcher.runview import make_view
+    from hvdtrain.launcher.tracking import Tracker
 
     prepare_run_dir(plan, folder)
     info = manifest(plan, time.time())
@@ -244,6 +253,7 @@ def _launch(plan: Plan, folder: RunDir, lock: int, as_json: bool) -> int:
     guard = Guard(folder, lock)
     with folder.metrics_file.open("a") as metrics, RankLogs(folder, plan.np) as logs:
         stream = _Stream(plan, info, view, metrics, logs)
+        stream.tracker = Tracker.start(folder, plan, info)
         view.begin()
         code, notes = _supervise(plan, stream, spare=(guard.proc.pid,))
     lines = notes + (stream.diagnosis.summary(code) if code not in (0, 124) and code < 128 else [])
@@ -258,10 +268,11 @@ def _launch(plan: Plan, folder: RunDir, lock: int, as_json: bool) -> int:
     info["exit_status"] = code
     info["failure"] = lines or None
     folder.write_manifest(info)
+    notes = stream.tracker.finish(info["status"], code) if stream.tracker is not None else []
     guard.release()
     if code == STOPPED_EXIT and os.environ.get("SLURM_JOB_ID"):
         lines += _requeue(folder, info)
-    view.end(code, lines)
+    view.end(code, lines, notes)
     return code
 
 
@@ -310,6 +321,7 @@ def _supervise(plan: Plan, stream: _Stream, spare: tuple[int, ...]) -> tuple[int
                 raw = sup.next_line(timeout=0.5)
             except EOFError:
                 break
+            stream.tick()
             if StopRequest.requested and not announced:
                 announced = True
                 stream.view.output(Line(None, "launcher", "SIGUSR1: asked the workers to "

@@ -5,6 +5,7 @@ at once. The only module of the planning path that reads files or runs anything;
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -102,7 +103,9 @@ def this_machine() -> checks.Machine:
     import psutil
 
     return checks.Machine(gpus=len(list(Path("/dev").glob("nvidia[0-9]*"))),
-                          memory_bytes=psutil.virtual_memory().total, build=horovod_build_info())
+                          memory_bytes=psutil.virtual_memory().total, build=horovod_build_info(),
+                          mlflow=importlib.util.find_spec("mlflow") is not None,
+                          tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
 
 
 def resolve_hosts(recipe: Recipe, np: int | None, hosts: str | None,

@@ -145,13 +145,17 @@ class PlainView:
                     f"{same} on all ranks; run dir {self.plan.run_dir}")
         return f"finished; run dir {self.plan.run_dir}"
 
-    def end(self, code: int, failure: list[str] | None = None) -> None:
+    def end(self, code: int, failure: list[str] | None = None,
+            notes: list[str] | None = None) -> None:
+        """``failure``: what went wrong; ``notes``: what else the launch did (MLflow)."""
         for line in failure or []:
             self.say(line)
         if self.best is not None and code == 0:
             self.say(f"best model: epoch {self.best['epoch']}, eval accuracy "
                      f"{_fmt_acc(self.best['eval_acc'])} -> {self.best['path']} (try: hvdtrain "
                      f"eval {shlex.quote(str(self.plan.run_dir))})")
+        for line in notes or []:
+            self.say(line)
         self.say(self.closing(code))
 
 
@@ -217,7 +221,8 @@ class LiveView(PlainView):
         self.progress.console.print(f"[{style}]\\[{who}][/] {escape(line.text)}", highlight=False,
                                     soft_wrap=True)
 
-    def end(self, code: int, failure: list[str] | None = None) -> None:
+    def end(self, code: int, failure: list[str] | None = None,
+            notes: list[str] | None = None) -> None:
         from rich.panel import Panel
 
         self.progress.stop()
@@ -226,6 +231,8 @@ class LiveView(PlainView):
         if failure:
             self.console.print(Panel(escape("\n".join(failure)), title="what went wrong",
                                      border_style="red"))
+        for line in notes or []:
+            self.console.print(escape(line), highlight=False, soft_wrap=True)
         style = "green" if code == 0 else "bold red"
         self.console.print(f"[{style}]{escape(self.closing(code))}[/]")
 
@@ -247,9 +254,10 @@ class JsonView:
         who = "horovodrun" if line.rank is None else f"rank {line.rank}"
         print(f"[{who}] {line.text}", file=sys.stderr, flush=True)
 
-    def end(self, code: int, failure: list[str] | None = None) -> None:
+    def end(self, code: int, failure: list[str] | None = None,
+            notes: list[str] | None = None) -> None:
         print(json.dumps({"event": "exit", "code": code, "run_dir": str(self.plan.run_dir),
-                          "failure": failure or []}), flush=True)
+                          "failure": failure or [], "notes": notes or []}), flush=True)
 
 
 def make_view(plan: Plan, as_json: bool = False):
