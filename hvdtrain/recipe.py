@@ -358,7 +358,8 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
     if data.dataset != "imagefolder" and image_keys:
         out.append(f"data.{', data.'.join(image_keys)} appl{'ies' if len(image_keys) == 1 else 'y'}"
                    f" to dataset: imagefolder only (dataset is {data.dataset})")
-    tracking = sorted(recipe.tracking.model_fields_set - {"mlflow"})
+    tracking = sorted(k for k in recipe.tracking.model_fields_set - {"mlflow"}
+                      if getattr(recipe.tracking, k) is not None)
     if tracking and not recipe.tracking.mlflow:
         out.append(f"tracking.{', tracking.'.join(tracking)} {'is' if len(tracking) == 1 else 'are'}"
                    " set but tracking.mlflow is false: nothing is logged to MLflow")

@@ -126,6 +126,8 @@ def print_warnings(console: Console, warnings: list[str] | tuple[str, ...]) -> N
 
 
 def print_plan(console: Console, plan: Plan) -> None:
+    from hvdtrain.launcher.tracking import describe
+
     r = plan.recipe
     rows = [
         ("recipe", f"{plan.recipe_name}: {r.description}"),
@@ -150,6 +152,7 @@ def print_plan(console: Console, plan: Plan) -> None:
         ("environment", ", ".join(f"{k}={v}" for k, v in plan.env.items()) or "(inherited only)"),
         ("run dir", str(plan.run_dir)),
         *([("resume", resume_text(plan))] if plan.resume else []),
+        *([("tracking", tracked)] if (tracked := describe(plan)) else []),
     ]
     for key, value in rows:  # one line each: paths and names are never cut
         console.print(f"[bold]{key:<14}[/] {escape(value)}", soft_wrap=True)

@@ -29,7 +29,8 @@ MLFLOW_STATUS = {Status.FINISHED: "FINISHED", Status.FAILED: "FAILED"}
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 15] + "... (cut off)"
+    mark = "... (cut off)"
+    return text if len(text) <= limit else text[:limit - len(mark)] + mark
 
 
 def _text(value: Any) -> str:

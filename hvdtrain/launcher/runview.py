@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 
 def header_lines(plan: Plan) -> list[str]:
+    from hvdtrain.launcher.tracking import describe
+
     r = plan.recipe
     hosts = ", ".join(f"{h.name}:{h.slots}" for h in plan.hosts)
     if r.elastic and r.elastic.host_discovery_script:
@@ -36,6 +38,7 @@ def header_lines(plan: Plan) -> list[str]:
         f"({r.optimizer.decay} decay)",
         f"  run dir {plan.run_dir}",
         *([f"  resume: {resume_text(plan)}"] if plan.resume else []),
+        *([f"  tracking: {tracked}"] if (tracked := describe(plan)) else []),
     ]
 
 

@@ -74,6 +74,16 @@ def open_records(folder: RunDir, info: Manifest, recipe: Recipe, recipe_name: st
                                      recipe.tracking.run_name or folder.path.name))
 
 
+def describe(plan: Any) -> str | None:
+    """Where the run is logged, for `plan` and the run's header; None when it is not."""
+    t = plan.recipe.tracking
+    if not t.mlflow:
+        return None
+    uri = t.uri or os.environ.get("MLFLOW_TRACKING_URI") or "(no server named)"
+    return (f"MLflow at {uri}, experiment {t.experiment or plan.recipe_name!r}, run "
+            f"{t.run_name or plan.run_dir.name!r} (logged by this process)")
+
+
 class Tracker:
     """The launch's MLflow upload: ``begin``, ``poke`` after new metrics, ``said`` for the view's
     messages, ``finish`` with the launch's end."""
@@ -135,6 +145,7 @@ class Tracker:
     def finish(self, status: Status, code: int) -> list[str]:
         """End the launch's records, upload the rest and the artifacts; lines for the view."""
         self._stop.set()
+        self._wake.set()  # out of its idle wait at once
         self._thread.join(FINAL_SECONDS)
         _append(self.folder, end_record(status, code))
         if self._thread.is_alive():  # its request still hangs: the rest waits for `track`
