@@ -249,7 +249,8 @@ def bench(
     np: Annotated[str, typer.Option(
         "--np", help="World sizes to measure, comma-separated.")] = "1,2",
     compression: Annotated[str, typer.Option(
-        "--compression", help="Gradient compressions to measure: fp16, none or both.")] = "fp16,none",
+        "--compression", help="Gradient compressions to measure: fp16, none, powersgd "
+                               "(horovod.powersgd's rank; its warm-up is 2 steps here).")] = "fp16,none",
     hosts: HostsOpt = None,
     hostfile: HostfileOpt = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Steps before timing starts.")] = 10,

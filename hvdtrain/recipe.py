@@ -39,6 +39,7 @@ MAX_RECIPE_BYTES = 256 << 10  # a recipe is a few KiB; this bounds the time to v
 MAX_PROBLEMS = 50  # listed per recipe; the rest are counted
 IN_MEMORY = ("digits", "synthetic", "mnist", "cifar10")  # loaded whole into every worker
 MAX_LOADER_WORKERS = 64
+MIN_POWERSGD_WARMUP = 10  # PyTorch's powerSGD_hook default (start_powerSGD_iter)
 
 
 class SyntheticConfig(Section):
@@ -155,8 +156,21 @@ class TrainConfig(Section):
         return v
 
 
+class PowerSGDConfig(Section):
+    """horovod.compression: powersgd (hvdtrain/worker/powersgd.py; layers: powersgd_layout.py)."""
+
+    rank: Annotated[int, NotBool, Field(ge=1, le=1024)] = 4  # columns of the factors P and Q
+    # Optimizer steps sent uncompressed first; null: the LR warmup's steps (at least
+    # MIN_POWERSGD_WARMUP), written into the run's recipe by the plan.
+    warmup_steps: NonNegInt | None = None
+    min_compression_rate: Annotated[float, NotBool, Field(ge=1, le=1e6)] = 2.0
+    error_feedback: bool = True  # carry what the factors missed into the next step
+    warm_start: bool = True  # start each step's power iteration from the last step's Q
+    rest: Literal["fp16", "none"] = "fp16"  # how the gradients it does not compress go
+
+
 class HorovodConfig(Section):
-    compression: Literal["fp16", "none"] = "fp16"
+    compression: Literal["fp16", "none", "powersgd"] = "fp16"
     op: Literal["average", "adasum"] = "average"
     gradient_predivide_factor: PosFloat = 1.0
     backward_passes_per_step: PosInt = 1
@@ -176,9 +190,17 @@ class HorovodConfig(Section):
     stall_check_warning_seconds: PosInt = 60
     stall_check_shutdown_seconds: NonNegInt = 120  # 0 = never: a hung rank would hang forever
     gloo_timeout_seconds: PosInt = 30
+    powersgd: PowerSGDConfig = PowerSGDConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> HorovodConfig:
+        if self.compression == "powersgd" and self.op == "adasum":
+            raise ValueError("compression: powersgd works with op: average only (Adasum combines "
+                             "whole gradients; PowerSGD averages low-rank factors of them): use "
+                             "op: average, or compression fp16 or none with adasum")
+        if self.compression == "powersgd" and self.gradient_predivide_factor != 1.0:
+            raise ValueError("gradient_predivide_factor applies to compression fp16 and none (its "
+                             "factors go as float32): set it to 1.0 with powersgd")
         if self.op == "adasum" and self.gradient_predivide_factor != 1.0:
             raise ValueError("gradient_predivide_factor applies only to op: average (Horovod rejects "
                              "it with adasum): set it to 1.0 or use op: average")
@@ -334,40 +356,6 @@ class Recipe(Section):
     def from_yaml(cls, text: str) -> Recipe:
         """The inverse of ``to_yaml`` (a resolved recipe, as saved in a run directory)."""
         return cls.model_validate(yaml.load(text, Loader=SafeLoader))
-
-
-def recipe_warnings(recipe: Recipe) -> list[str]:
-    """Settings that are valid but have no effect, or an effect the user likely did not mean."""
-    out = []
-    opt, train, data, hv = recipe.optimizer, recipe.train, recipe.data, recipe.horovod
-    if opt.warmup_epochs > train.epochs:
-        out.append(f"optimizer.warmup_epochs ({opt.warmup_epochs:g}) is longer than training "
-                   f"(train.epochs={train.epochs}): the LR never reaches its peak")
-    if data.data_dir and data.dataset in ("digits", "synthetic"):
-        out.append(f"data.data_dir is set but data.dataset={data.dataset} reads no files: it is "
-                   "ignored")
-    if hv.autotune_log_file and not hv.autotune:
-        out.append("horovod.autotune_log_file is set but horovod.autotune is false: nothing is "
-                   "logged")
-    unused = sorted(recipe.model.model_fields_set & {"arch", "width", "depth", "dropout"})
-    if recipe.model.component and unused:
-        out.append(f"model.component is set: model.{', model.'.join(unused)} "
-                   f"{'is' if len(unused) == 1 else 'are'} not used")
-    image_keys = sorted(data.model_fields_set & {"image_size", "augment", "mean", "std",
-                                                 "on_bad_image"})
-    if data.dataset != "imagefolder" and image_keys:
-        out.append(f"data.{', data.'.join(image_keys)} appl{'ies' if len(image_keys) == 1 else 'y'}"
-                   f" to dataset: imagefolder only (dataset is {data.dataset})")
-    tracking = sorted(k for k in recipe.tracking.model_fields_set - {"mlflow"}
-                      if getattr(recipe.tracking, k) is not None)
-    if tracking and not recipe.tracking.mlflow:
-        out.append(f"tracking.{', tracking.'.join(tracking)} {'is' if len(tracking) == 1 else 'are'}"
-                   " set but tracking.mlflow is false: nothing is logged to MLflow")
-    if opt.decay == "step" and max(opt.decay_epochs) >= train.epochs:
-        late = [m for m in opt.decay_epochs if m >= train.epochs]
-        out.append(f"optimizer.decay_epochs {late} are at or after the last epoch "
-                   f"({train.epochs}): those drops never happen")
-    return out
 
 
 def lr_config(recipe: Recipe) -> LRConfig:

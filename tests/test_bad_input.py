@@ -37,8 +37,8 @@ CASES = [
      "optimizer.base_lr=0.1 or train.epochs=3\n"),
     ("fp8", ["digits-cnn", "horovod.compression=fp8"], {},
      "error: recipe {root}/recipes/digits-cnn.yaml is invalid (1 problem):\n"
-     "  override 'horovod.compression=fp8': horovod.compression: Input should be 'fp16' or 'none', "
-     "got 'fp8'\n"),
+     "  override 'horovod.compression=fp8': horovod.compression: Input should be 'fp16', 'none' or "
+     "'powersgd', got 'fp8'\n"),
     ("env-name-injection", ["digits-cnn", "launch.env={'X;touch " + MARK + "': 1}"], {},
      "error: recipe {root}/recipes/digits-cnn.yaml is invalid (1 problem):\n"
      "  override \"launch.env={'X;touch " + MARK + "': 1}\": launch.env: 'X;touch " + MARK +

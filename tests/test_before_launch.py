@@ -54,7 +54,7 @@ def test_a_failed_round_fails_its_configuration() -> None:
     (["--np", "1,x"], "--np '1,x': 'x' is not a number of processes >= 1"),
     (["--np", "0"], "--np '0': '0' is not a number of processes >= 1"),
     (["--np", "2,2"], "--np '2,2' lists 2 twice"),
-    (["--compression", "fp8"], "--compression 'fp8': 'fp8' is not fp16 or none"),
+    (["--compression", "fp8"], "--compression 'fp8': 'fp8' is not fp16, none or powersgd"),
     (["--reference", "torch"], "--reference 'torch': the only reference is ddp"),
     (["--steps", "0"], "--steps must be between 1 and 100000, got 0"),
     (["--rounds", "0"], "--rounds must be between 1 and 100, got 0"),

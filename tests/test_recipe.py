@@ -86,7 +86,7 @@ def test_all_errors_at_once_with_lines_and_did_you_mean(tmp_path: Path) -> None:
         "r.yaml:3: data.datset: unknown key (did you mean 'dataset'?)",
         "r.yaml:6: optimizer.decay: Input should be 'none', 'cosine' or 'step', got 'linear'",
         "r.yaml:5: optimizer.base_lrr: unknown key (did you mean 'base_lr'?)",
-        "r.yaml:8: horovod.compression: Input should be 'fp16' or 'none', got 'fp8'",
+        "r.yaml:8: horovod.compression: Input should be 'fp16', 'none' or 'powersgd', got 'fp8'",
         "r.yaml:9: trian: unknown key (did you mean 'train'?)",
     ]
 

@@ -11,7 +11,8 @@ import pytest
 
 from hvdtrain.launcher.checks import tracking_problems
 from hvdtrain.launcher.mlflow_records import Cursor, params, points, tags
-from hvdtrain.recipe import lr_config, recipe_warnings
+from hvdtrain.recipe import lr_config
+from hvdtrain.recipe_warnings import recipe_warnings
 from hvdtrain.recipe_files import load_recipe
 from hvdtrain.rundir import RunDir
 from hvdtrain.schedule import lr_at

@@ -1,7 +1,8 @@
 """`hvdtrain bench RECIPE`: the recipe's model on synthetic input of its shape, for each world size
 and compression (``--np 1,2 --compression fp16,none``), on this machine or the hosts of
 ``--hosts``/``--hostfile``; with ``--reference ddp`` the same model, batches and hosts under
-torchrun + DistributedDataParallel, without and with ``fp16_compress_hook``.
+torchrun + DistributedDataParallel, without and with ``fp16_compress_hook`` (and with
+``powerSGD_hook`` at the same rank, error feedback and warm start when powersgd is benched).
 
 Each configuration is one real launch (horovodrun or torchrun) of ``hvdtrain.worker.bench`` in
 its own folder of the bench directory; rank 0 reports the timings as one ``bench`` event. Rows:
@@ -31,7 +32,10 @@ from hvdtrain.launcher.hosts import THIS_MACHINE, Host, HostList, assign
 from hvdtrain.recipe import Recipe
 from hvdtrain.rundir import RunDir, write_json_atomic
 
-COMPRESSIONS = ("fp16", "none")
+COMPRESSIONS = ("fp16", "none", "powersgd")
+# PowerSGD's uncompressed first steps in a bench, both sides (DDP's hook needs at least 2 with
+# error feedback or warm start); the timing warm-up (--warmup) covers them.
+BENCH_POWERSGD_WARMUP = 2
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,13 @@ def check_world(np: int, host_list: HostList) -> None:
                         "give --hosts/--hostfile to bench more hosts")
 
 
-def check_options(*, reference: str | None, warmup: int, steps: int, rounds: int) -> None:
+def check_options(*, reference: str | None, warmup: int, steps: int, rounds: int,
+                  comps: tuple[str, ...] = ()) -> None:
     """The numeric options and --reference, refused with the bounds before anything runs."""
+    if "powersgd" in comps and warmup < BENCH_POWERSGD_WARMUP:
+        raise UserError(f"--warmup {warmup}: benching powersgd needs at least "
+                        f"{BENCH_POWERSGD_WARMUP} warm-up steps (its first "
+                        f"{BENCH_POWERSGD_WARMUP} steps go uncompressed, as DDP's hook needs)")
     if reference not in (None, "ddp"):
         raise UserError(f"--reference {reference!r}: the only reference is ddp (torchrun + "
                         "DistributedDataParallel)")
@@ -101,7 +110,8 @@ def check_options(*, reference: str | None, warmup: int, steps: int, rounds: int
 def configs(nps: list[int], comps: list[str], reference: str | None) -> list[Config]:
     out = [Config("hvdtrain", n, c) for c in comps for n in nps]
     if reference == "ddp":
-        out += [Config("ddp", n, c) for c in ("none", "fp16") for n in nps]
+        hooks = ("none", "fp16", *(["powersgd"] if "powersgd" in comps else []))
+        out += [Config("ddp", n, c) for c in hooks for n in nps]
     return out
 
 
@@ -246,7 +256,8 @@ def prepare(folder: RunDir, recipe: Recipe, cfg: Config, rnd: int | None) -> Pat
     runs (compression set)."""
     sub = folder.path / cfg.label / (f"round-{rnd + 1}" if rnd is not None else "")
     sub.mkdir(parents=True, exist_ok=True)
-    hv = recipe.horovod.model_copy(update={"compression": cfg.compression})
+    hv = recipe.horovod.model_copy(update={"compression": cfg.compression, "powersgd": (
+        recipe.horovod.powersgd.model_copy(update={"warmup_steps": BENCH_POWERSGD_WARMUP}))})
     RunDir(sub).write_recipe(recipe.model_copy(update={"horovod": hv}))
     return sub
 

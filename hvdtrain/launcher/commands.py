@@ -92,7 +92,8 @@ def validate(*, recipe_files: list[str], hostfile: str | None, as_json: bool) ->
 
 def _validate_one(source: str, load_recipe: bool) -> dict:
     """One file's validation result: a recipe, or (``load_recipe=False``) a hostfile."""
-    from hvdtrain import recipe, recipe_files
+    from hvdtrain import recipe_files
+    from hvdtrain.recipe_warnings import recipe_warnings
     from hvdtrain.launcher.hosts import parse_hostfile
 
     from hvdtrain.launcher.prelaunch import component_files
@@ -101,7 +102,7 @@ def _validate_one(source: str, load_recipe: bool) -> dict:
     try:
         if load_recipe:
             loaded = recipe_files.load_recipe(source, []).recipe
-            warnings = recipe.recipe_warnings(loaded)
+            warnings = recipe_warnings(loaded)
             code = [f"{key} from {path}" for key, _, path in component_files(loaded)]
         else:
             warnings = list(parse_hostfile(source).warnings)
@@ -328,8 +329,9 @@ def bench(*, recipe: str, overrides: list[str], np: str, compression: str, hosts
     from hvdtrain.rundir import RunDir, default_run_dir
 
     nps = b.parse_list("--np", np, b.positive, "a number of processes >= 1")
-    comps = b.parse_list("--compression", compression, b.compression, "fp16 or none")
-    b.check_options(reference=reference, warmup=warmup, steps=steps, rounds=rounds)
+    comps = b.parse_list("--compression", compression, b.compression, "fp16, none or powersgd")
+    b.check_options(reference=reference, warmup=warmup, steps=steps, rounds=rounds,
+                    comps=tuple(comps))
     loaded = load_recipe(recipe, overrides)
     host_list = resolve_hosts(loaded.recipe, max(nps), hosts, hostfile, slurm=False)
     b.check_world(max(nps), host_list)

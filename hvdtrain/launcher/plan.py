@@ -12,7 +12,8 @@ from pathlib import Path
 
 from hvdtrain.errors import UserError
 from hvdtrain.launcher.hosts import Host, HostList, assign
-from hvdtrain.recipe import Recipe, lr_config, recipe_steps_per_epoch, recipe_warnings
+from hvdtrain.recipe import MIN_POWERSGD_WARMUP, Recipe, lr_config, recipe_steps_per_epoch
+from hvdtrain.recipe_warnings import recipe_warnings
 from hvdtrain.recipe_files import LoadedRecipe
 from hvdtrain.schedule import lr_at, peak_lr, warmup_steps
 
@@ -53,6 +54,7 @@ class Plan:
     resume_changes: list[str] = field(default_factory=list)  # against the run's own recipe
     components: list[tuple[str, str, str]] = field(default_factory=list)  # (key, spec, its file)
     classes: list[str] | None = None  # an image folder's, in class-index order
+    wire: str | None = None  # compression powersgd: the bytes a step sends (powersgd_layout.py)
     warnings: list[str] = field(default_factory=list)
     recipe_path: Path | None = None  # the recipe file the plan was made from
 
@@ -160,6 +162,7 @@ def build_plan(loaded: LoadedRecipe, host_list: HostList, sizes: tuple[int, int]
             seen.add(step)
             points.append((label, step, lr_at(step, spe, world, cfg)))
     points.sort(key=lambda p: p[1])
+    recipe = with_powersgd_warmup(recipe, warm)
     env = dict(recipe.launch.env)
     argv = build_argv(recipe, assigned, world, worker_command(run_dir, python, resume),
                       horovodrun=horovodrun)
@@ -171,6 +174,19 @@ def build_plan(loaded: LoadedRecipe, host_list: HostList, sizes: tuple[int, int]
         steps_per_epoch=spe, base_lr=recipe.optimizer.base_lr, peak_lr=peak_lr(cfg, world),
         warmup_steps=warm, lr_points=points, env=env, argv=argv, run_dir=run_dir, resume=resume,
         warnings=[*recipe_warnings(recipe), *host_list.warnings], recipe_path=loaded.path)
+
+
+def with_powersgd_warmup(recipe: Recipe, lr_warmup: int) -> Recipe:
+    """``horovod.powersgd.warmup_steps: null`` made the LR warmup's length (at least
+    MIN_POWERSGD_WARMUP): a number in the run's recipe, so every rank (an elastic joiner too)
+    switches to PowerSGD at the same step."""
+    psgd = recipe.horovod.powersgd
+    if recipe.horovod.compression != "powersgd" or psgd.warmup_steps is not None:
+        return recipe
+    steps = max(lr_warmup, MIN_POWERSGD_WARMUP)
+    horovod = recipe.horovod.model_copy(update={"powersgd": psgd.model_copy(
+        update={"warmup_steps": steps})})
+    return recipe.model_copy(update={"horovod": horovod})
 
 
 def plan_dict(plan: Plan) -> dict:
@@ -204,6 +220,7 @@ def plan_dict(plan: Plan) -> dict:
         "resume_changes": plan.resume_changes,
         "components": [{"key": k, "spec": spec, "file": f} for k, spec, f in plan.components],
         "classes": plan.classes,
+        "wire": plan.wire,
         "warnings": plan.warnings,
         "recipe_resolved": plan.recipe.model_dump(mode="json"),
     }

@@ -96,7 +96,34 @@ def make_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None 
     plan.warnings += builtin_files_problems(recipe, plan)
     plan.components = [(key, spec, str(path)) for key, spec, path in files]
     plan.classes = folder.classes if folder else None
+    if recipe.horovod.compression == "powersgd":
+        powersgd_wire(plan, found["shapes"] if found else model_shapes(recipe, plan.classes))
     return plan
+
+
+def powersgd_wire(plan: Plan, shapes: list[list]) -> None:
+    """The plan's line for PowerSGD's bytes per step, and a warning per layer it cannot factor."""
+    from hvdtrain.powersgd_layout import describe, fallbacks, layout, wire
+
+    cfg = plan.recipe.horovod.powersgd
+    layers = layout([(name, tuple(shape)) for name, shape in shapes], cfg.rank,
+                    cfg.min_compression_rate)
+    plan.wire = describe(wire(layers, cfg.rank, 2 if cfg.rest == "fp16" else 4), cfg.rank)
+    plan.warnings += fallbacks(layers, cfg.rank)
+
+
+def model_shapes(recipe: Recipe, classes: list[str] | None) -> list[list]:
+    """The built-in model's parameter shapes, from a child process (torch stays out of this one)."""
+    from hvdtrain.launcher.helpers import run_helper
+
+    ran = run_helper([sys.executable, "-m", "hvdtrain.worker.probe", "--model",
+                      str(len(classes or []))], timeout=recipe.launch.check_timeout,
+                     input_text=json.dumps(recipe.model_dump(mode="json")))
+    try:
+        return json.loads(ran.stdout.strip().splitlines()[-1])["shapes"]
+    except (IndexError, ValueError, KeyError):
+        said = (ran.stderr.strip() or "no output").splitlines()[-1]
+        raise UserError(f"could not build the model to lay out PowerSGD: {said}") from None
 
 
 def this_machine() -> checks.Machine:

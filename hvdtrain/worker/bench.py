@@ -74,7 +74,7 @@ def horovod_run(recipe: Recipe, warmup: int, steps: int, classes: int | None) ->
     share_cores()
     keep_freed_memory()  # as the training worker does (the DDP reference runs as users run it)
     model = model_of(recipe, classes)
-    optimizer = distributed_optimizer(model, recipe.optimizer, recipe.horovod)
+    optimizer = distributed_optimizer(model, recipe.optimizer, recipe.horovod, recipe.train.seed)
     x, y = batch(recipe, hvd.rank(), classes)
 
     def step() -> float:
@@ -106,9 +106,16 @@ def ddp_run(recipe: Recipe, warmup: int, steps: int, classes: int | None, hook: 
     rank, size = dist.get_rank(), dist.get_world_size()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))  # as hvdtrain's share_cores
-    model = DistributedDataParallel(model_of(recipe, classes))
+    # PowerSGD's hook issues each bucket's second allreduce from a callback: on Gloo, with several
+    # buckets, the ranks' collectives then come in different orders ("Received data size doesn't
+    # match expected size"), so that reference runs with one bucket (all gradients).
+    model = DistributedDataParallel(model_of(recipe, classes),
+                                    **({"bucket_cap_mb": 1 << 12} if hook == "powersgd" else {}))
+    wire_bytes = sum(p.numel() for p in model.parameters()) * (2 if hook == "fp16" else 4)
     if hook == "fp16":
         model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif hook == "powersgd":
+        wire_bytes = _ddp_powersgd(model, recipe)
     from hvdtrain.worker.optim import make_optimizer
 
     optimizer = make_optimizer(model, recipe.optimizer)
@@ -123,9 +130,29 @@ def ddp_run(recipe: Recipe, warmup: int, steps: int, classes: int | None, hook: 
     wall, _ = timed_steps(step, warmup, steps)
     per_rank: list = [None] * size
     dist.all_gather_object(per_rank, (wall, None))
-    params = sum(p.numel() for p in model.parameters())
-    return {"np": size, "wire_bytes": params * (2 if hook == "fp16" else 4), "per_rank": per_rank,
+    return {"np": size, "wire_bytes": wire_bytes, "per_rank": per_rank,
             "threads": torch.get_num_threads(), "rank": rank}
+
+
+def _ddp_powersgd(model: torch.nn.Module, recipe: Recipe) -> int:
+    """PyTorch's own PowerSGD hook at the recipe's rank, warm-up, rate, error feedback and warm
+    start (what hvdtrain's powersgd is measured against); returns its bytes a step (the layers
+    it leaves uncompressed go as float32)."""
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+
+    from hvdtrain.powersgd_layout import layout, wire
+    from hvdtrain.recipe import MIN_POWERSGD_WARMUP
+
+    cfg = recipe.horovod.powersgd
+    warmup = MIN_POWERSGD_WARMUP if cfg.warmup_steps is None else cfg.warmup_steps
+    state = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=cfg.rank,
+                               start_powerSGD_iter=warmup,
+                               min_compression_rate=cfg.min_compression_rate,
+                               use_error_feedback=cfg.error_feedback, warm_start=cfg.warm_start,
+                               random_seed=recipe.train.seed)
+    model.register_comm_hook(state, psgd.powerSGD_hook)
+    shapes = [(n, tuple(p.shape)) for n, p in model.module.named_parameters() if p.requires_grad]
+    return wire(layout(shapes, cfg.rank, cfg.min_compression_rate), cfg.rank, 4).wire_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--classes", type=int, default=None)
-    parser.add_argument("--ddp", choices=("none", "fp16"), default=None,
+    parser.add_argument("--ddp", choices=("none", "fp16", "powersgd"), default=None,
                         help="run the torchrun + DDP reference with this comm hook")
     args = parser.parse_args(argv)
     recipe = RunDir(args.run_dir).read_recipe()

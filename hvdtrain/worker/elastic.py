@@ -57,6 +57,8 @@ def run(job: Job, resume: bool) -> int:
 def _train(state, job: Job, restored_from: str, world: World) -> int:
     """Runs again from the last commit after every reset (Horovod re-synchronises ``state``)."""
     hosts = share_cores()  # again after every reset: the world may have changed
+    if job.powersgd is not None:  # Q and the error buffers afresh, alike on every rank (joiners
+        job.powersgd.reset()      # have none, and the model went back to the last commit)
     if not state.started:  # synced from rank 0: every rank, joiners too, takes the same branch
         announce_start(job, state, hosts, restored_from)
         state.started = True

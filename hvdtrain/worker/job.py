@@ -79,6 +79,11 @@ class Job:
         # Horovod: Adasum (at np > 1; one rank gets the plain optimizer) reduces in step().
         self.adasum = self.recipe.horovod.op == "adasum" and hvd.size() > 1
 
+    @property
+    def powersgd(self) -> Any:
+        """worker/powersgd.PowerSGD with horovod.compression: powersgd, else None."""
+        return getattr(self.optimizer, "powersgd", None)
+
     def autocast(self) -> AbstractContextManager:
         return autocast(self.device, self.recipe.train.precision)
 
@@ -119,7 +124,7 @@ def build_job(recipe: Recipe, run_dir: RunDir, hooks: Hooks, beat: Heartbeat) ->
     sampler = hvd.elastic.ElasticSampler(range(data.train_size), shuffle=True,
                                          seed=recipe.train.seed)
     scaler = torch.amp.GradScaler("cuda") if recipe.train.precision == "fp16" else None
-    optimizer = distributed_optimizer(model, recipe.optimizer, recipe.horovod)
+    optimizer = distributed_optimizer(model, recipe.optimizer, recipe.horovod, recipe.train.seed)
     return Job(recipe, run_dir, data, model, optimizer, sampler, hooks,
                beat, device, host_memory, scaler)
 

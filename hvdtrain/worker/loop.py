@@ -11,16 +11,19 @@ in this order, or the run deadlocks (Horovod matches collectives by name, Gloo w
 only rank 0 does (events, checkpoint files, TensorBoard) comes after the collective that gathers
 its input, never around one: moving a gather under ``if rank == 0`` hangs the other ranks.
 
-    start   restore: broadcast start_position, broadcast_object rng_states (--resume, normal mode)
+    start   restore: broadcast start_position, broadcast_object rng_states, with PowerSGD
+            broadcast_object powersgd_state (--resume, normal mode)
             fixed:   broadcast_optimizer_state, broadcast_parameters (elastic: state.sync())
             share_cores: allgather_object hosts; announce_start: [allgather_object optimizer
             hashes, when resumed], allgather_object devices
-    step    the gradient allreduces (DistributedOptimizer's hooks; Adasum: allreduce "finite")
+    step    the gradient allreduces (DistributedOptimizer's hooks; Adasum: allreduce "finite";
+            PowerSGD: grouped allreduces "powersgd.warmup", or "powersgd.rest", ".p", ".q")
     window  allreduce "train_window" every log_interval steps: metrics and the stop flag, so all
             ranks stop at the same step; on a non-finite stop: allgather_object of the losses
     epoch   when evaluating: sync_buffers (allreduce per BN buffer), allreduce "eval_sums";
             image folders with on_bad_image=skip: allreduce "skipped"; when a checkpoint is due:
-            allgather_object rng states, *before* rank 0 alone writes the checkpoint
+            allgather_object rng states (and PowerSGD's error buffers), *before* rank 0
+            alone writes the checkpoint
     stop    mid-epoch: sync_buffers, allgather_object rng states; then barrier
     finish  sync_buffers, allgather_object model hashes, allgather_object step counts
 
@@ -48,7 +51,7 @@ from hvdtrain.worker.board import open_board
 from hvdtrain.worker.data import DataError, eval_shard
 from hvdtrain.worker.job import Counters, Job
 from hvdtrain.worker.optim import state_hash
-from hvdtrain.worker.saving import keep_best, rng_states, save_checkpoint
+from hvdtrain.worker.saving import keep_best, rank_states, save_checkpoint
 from hvdtrain.worker.sources import Batch
 from hvdtrain.worker.step import (
     Meter,
@@ -89,7 +92,7 @@ def run_steps(job: Job, counters: Counters, spe: int, meter: Meter,
         job.hooks.before_step(rank, epoch, step + 1)
         lr = lr_at(counters.global_step, spe, size, job.cfg)
         try:
-            parts = train_step(job, micro, epoch, step + 1, lr, rank)
+            parts = train_step(job, micro, epoch, step + 1, lr, rank, counters.global_step)
         except NonFinite as exc:
             report_nonfinite(job, epoch, step + 1, counters.global_step, exc.loss)
             raise
@@ -135,7 +138,7 @@ def end_epoch(job: Job, counters: Counters, meter: Meter, lr: float) -> None:
         raise DataError(f"epoch {epoch}: no training image could be decoded (data.on_bad_image: "
                         "skip skipped them all): check the files in data.data_dir")
     due = epoch % train.checkpoint_every == 0 or last or meter.stop
-    rng = rng_states() if due else None
+    rng = rank_states(job) if due else None
     if hvd.rank() != 0:
         return
     sums = meter.epoch
@@ -197,7 +200,7 @@ def stop(job: Job, counters: Counters) -> int:
     cleanly; `hvdtrain run --resume` continues at the next step."""
     if counters.batch:
         sync_buffers(job.model)  # the checkpoint then holds every rank's BN statistics, averaged
-        rng = rng_states()
+        rng = rank_states(job)
     if hvd.rank() == 0:
         path = (save_checkpoint(job, counters.epoch, counters.global_step, counters.batch, rng)
                 if counters.batch else  # else end_epoch has just written the epoch's checkpoint

@@ -4,6 +4,7 @@ state primed so ranks can be synchronised without moving weights, and hashes tha
 from __future__ import annotations
 
 import hashlib
+import os
 
 import horovod.torch as hvd
 import torch
@@ -37,8 +38,10 @@ def is_fused(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def distributed_optimizer(model: torch.nn.Module, o: OptimizerConfig,
-                          hv: HorovodConfig) -> torch.optim.Optimizer:
+                          hv: HorovodConfig, seed: int = 0) -> torch.optim.Optimizer:
     """The wrapped optimizer with primed state (see ``prime_optimizer_state``)."""
+    if hv.compression == "powersgd":
+        return _powersgd_optimizer(model, o, hv, seed)
     # Horovod: wrap the optimizer so gradients are ring-allreduced (fused, compressed) before
     # every step; fp16 compression halves the bytes on the wire. With k backward passes per step
     # it allreduces once every k backward() calls.
@@ -50,6 +53,20 @@ def distributed_optimizer(model: torch.nn.Module, o: OptimizerConfig,
         gradient_predivide_factor=hv.gradient_predivide_factor,
         backward_passes_per_step=hv.backward_passes_per_step,
         groups=gradient_groups(model, hv.group_mb) if hv.op == "average" else None)
+    prime_optimizer_state(optimizer)
+    return optimizer
+
+
+def _powersgd_optimizer(model: torch.nn.Module, o: OptimizerConfig, hv: HorovodConfig,
+                        seed: int) -> torch.optim.Optimizer:
+    from hvdtrain.worker.powersgd import PowerSGD, powersgd_optimizer
+
+    # Horovod: PowerSGD is no hvd.Compression (its state and two rounds per step do not fit the
+    # API): the optimizer reduces through PowerSGD's grouped allreduces instead of Horovod's
+    # gradient hooks, where Horovod would hook them (np > 1, or an elastic job).
+    reduces = hvd.size() > 1 or os.environ.get("HOROVOD_ELASTIC") == "1"
+    optimizer = powersgd_optimizer(make_optimizer(model, o), PowerSGD(model, hv.powersgd, seed),
+                                   reduces)
     prime_optimizer_state(optimizer)
     return optimizer
 
@@ -136,6 +153,12 @@ class FiniteCheck:
 
 def compression_report(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
     """What one allreduce of the full gradient puts on the wire with the configured compression."""
+    psgd = getattr(optimizer, "powersgd", None)
+    if psgd is not None:  # P and Q for the layers it factors, the rest as configured
+        w = psgd.wire()
+        return {"wire_dtype": f"powersgd rank {psgd.cfg.rank} + "
+                              f"{'float16' if psgd.cfg.rest == 'fp16' else 'float32'}",
+                "grad_bytes": w.grad_bytes, "wire_bytes": w.wire_bytes}
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     wire, _ = optimizer._compression.compress(flat)  # the object DistributedOptimizer uses
     return {"wire_dtype": str(wire.dtype).removeprefix("torch."),

@@ -36,7 +36,12 @@ def probe(recipe: Recipe) -> dict:
     one_batch(recipe, source, model, what)
     return {"train_samples": source.train_size, "eval_samples": source.eval_size,
             "num_classes": source.num_classes, "input_shape": list(source.input_shape),
-            "params": params}
+            "params": params, "shapes": shapes(model)}
+
+
+def shapes(model: torch.nn.Module) -> list[list]:
+    """[name, shape] of every trainable parameter: what PowerSGD's layout needs for the plan."""
+    return [[n, list(p.shape)] for n, p in model.named_parameters() if p.requires_grad]
 
 
 def one_batch(recipe: Recipe, source: Source, model: torch.nn.Module, what: str) -> None:
@@ -62,8 +67,16 @@ def one_batch(recipe: Recipe, source: Source, model: torch.nn.Module, what: str)
 
 
 def main() -> int:
+    """``--model CLASSES``: only build the built-in model on the data's shape (as `bench` does:
+    no file read) and print its parameter shapes; CLASSES: an image folder's class count or 0."""
     recipe = Recipe.model_validate(json.loads(sys.stdin.read()))
     try:
+        if sys.argv[1:2] == ["--model"]:
+            from hvdtrain.worker.bench import model_of
+
+            model = model_of(recipe, int(sys.argv[2]) or None)
+            print(json.dumps({"shapes": shapes(model)}), flush=True)
+            return 0
         print(json.dumps(probe(recipe)), flush=True)
     except UserError as exc:
         print(json.dumps({"error": exc.render()}), flush=True)

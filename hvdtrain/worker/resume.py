@@ -24,7 +24,8 @@ def restore(job: Job, counters: Counters, collective: bool = True) -> tuple[Work
     trained on); returns (outcome, path). ``collective``: every rank learns rank 0's position by a
     broadcast (normal mode); elastic mode leaves that to the state sync, since a worker joining
     later restores nothing."""
-    where, path, rng = restore_checkpoint(job) if hvd.rank() == 0 else ([0, 0, 0], "", None)
+    where, path, rng, psgd = (restore_checkpoint(job) if hvd.rank() == 0
+                              else ([0, 0, 0], "", None, None))
     if collective:
         # Horovod: every rank resumes at rank 0's position (epoch -1: rank 0 could not load one).
         where = hvd.broadcast(torch.tensor(where), root_rank=0, name="start_position").tolist()
@@ -32,6 +33,12 @@ def restore(job: Job, counters: Counters, collective: bool = True) -> tuple[Work
         rng = hvd.broadcast_object(rng, root_rank=0, name="rng_states")
         if rng is not None and len(rng) == hvd.size():  # (a new world size draws anew)
             torch.set_rng_state(rng[hvd.rank()])
+        if job.powersgd is not None:
+            # Horovod: PowerSGD's Q (alike on every rank) and every rank's own error buffers.
+            psgd = hvd.broadcast_object(psgd, root_rank=0, name="powersgd_state")
+            errors = (psgd or {}).get("errors")
+            job.powersgd.load(psgd, errors[hvd.rank()] if errors and len(errors) == hvd.size()
+                              else None)
     epoch, global_step, processed = where
     if epoch < 0:
         return WorkerExit.NO_CHECKPOINT, ""
@@ -43,7 +50,8 @@ def restore(job: Job, counters: Counters, collective: bool = True) -> tuple[Work
     return WorkerExit.OK, path
 
 
-def restore_checkpoint(job: Job) -> tuple[list[int], str, list[torch.Tensor] | None]:
+def restore_checkpoint(job: Job) -> tuple[list[int], str, list[torch.Tensor] | None,
+                                          dict | None]:
     """Rank 0: load the newest valid checkpoint; returns ([complete epochs (-1 on failure), global
     step (0: unknown), samples of the next epoch already trained on], path, every rank's RNG
     state when saved)."""
@@ -53,10 +61,10 @@ def restore_checkpoint(job: Job) -> tuple[list[int], str, list[torch.Tensor] | N
         loaded = checkpoint.load_latest(folder)
     except checkpoint.CheckpointError as exc:
         events.emit("warning", message=f"cannot resume: {exc}")
-        return [-1, 0, 0], "", None
+        return [-1, 0, 0], "", None, None
     if loaded is None:
         events.emit("warning", message=f"no checkpoint in {folder}: starting from epoch 1")
-        return [0, 0, 0], "", None
+        return [0, 0, 0], "", None, None
     for path, why in loaded.skipped:
         events.emit("warning", message=f"skipped unusable checkpoint {path.name} ({why}); "
                                        f"using {loaded.path.name}")
@@ -71,7 +79,8 @@ def restore_checkpoint(job: Job) -> tuple[list[int], str, list[torch.Tensor] | N
     job.optimizer.load_state_dict(loaded.state["optimizer"])
     state = loaded.state
     return ([int(state["epoch"]), int(state.get("global_step", 0)),
-             int(state.get("processed_samples", 0))], str(loaded.path), state.get("rng"))
+             int(state.get("processed_samples", 0))], str(loaded.path), state.get("rng"),
+            state.get("powersgd"))
 
 
 def announce_start(job: Job, counters: Counters, hosts: list[str], restored_from: str) -> None:

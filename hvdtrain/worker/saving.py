@@ -18,10 +18,12 @@ from hvdtrain.worker import checkpoint
 from hvdtrain.worker.job import Job
 
 
-def rng_states() -> list[torch.Tensor]:
-    """Every rank: all ranks' CPU RNG states (dropout, augmentation), for a checkpoint."""
+def rank_states(job: Job) -> list[tuple[torch.Tensor, list[torch.Tensor] | None]]:
+    """Every rank: all ranks' (CPU RNG state: dropout, augmentation; PowerSGD error buffers or
+    None), for a checkpoint: what differs between ranks."""
+    psgd = job.powersgd
     # Horovod: gathered to rank 0, which writes them; a resume gives each rank its own back.
-    return hvd.allgather_object(torch.get_rng_state())
+    return hvd.allgather_object((torch.get_rng_state(), psgd.local() if psgd else None))
 
 
 def model_card(job: Job, epoch: int, eval_acc: float | None) -> ModelCard:
@@ -38,13 +40,15 @@ def model_card(job: Job, epoch: int, eval_acc: float | None) -> ModelCard:
 
 
 def save_checkpoint(job: Job, epoch: int, global_step: int, step: int = 0,
-                    rng: list[torch.Tensor] | None = None,
+                    rng: list[tuple[torch.Tensor, list[torch.Tensor] | None]] | None = None,
                     eval_acc: float | None = None) -> str:
     """Rank 0: the durable checkpoint after ``epoch`` completed epochs (and ``step`` steps of the
     next, whose first ``processed_samples`` of the epoch's permutation are done), then its event."""
     path = checkpoint.save(job.run_dir.checkpoints, epoch, {
         "epoch": epoch, "step": step, "global_step": global_step, "world_size": hvd.size(),
-        "rng": rng,
+        "rng": None if rng is None else [r for r, _ in rng],
+        **({"powersgd": {**job.powersgd.state(), "errors": None if rng is None else
+                         [e for _, e in rng]}} if job.powersgd else {}),
         "processed_samples": job.sampler.processed_num if step else 0,
         "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
         "recipe_model": job.recipe.model.model_dump(mode="json"),

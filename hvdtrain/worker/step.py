@@ -84,7 +84,7 @@ def ratio(total: float, count: float) -> float:
 
 
 def train_step(job: Job, micro: list[Batch], epoch: int, step: int, lr: float,
-               rank: int) -> list[Part] | None:
+               rank: int, global_step: int = 0) -> list[Part] | None:
     """One optimizer step on this rank's k micro-batches. Returns their metrics, or None when
     the gradients were non-finite and the step was skipped; raises ``NonFinite`` to stop.
 
@@ -111,7 +111,11 @@ def train_step(job: Job, micro: list[Batch], epoch: int, step: int, lr: float,
     # Horovod: wait for this step's gradient allreduces, so the check below sees the averaged
     # gradients. Averaging spreads one rank's Inf/NaN to every rank, so all ranks take the same
     # decision at the same step without another collective.
-    if reduces_gradients(job.optimizer):  # (not at np=1: Horovod hooked no gradient there)
+    if reduces_gradients(job.optimizer) and job.powersgd is not None:
+        # Horovod: PowerSGD's grouped allreduces (worker/powersgd.py); the global step decides
+        # its warmup alike on every rank.
+        job.powersgd.reduce(global_step)
+    elif reduces_gradients(job.optimizer):  # (not at np=1: Horovod hooked no gradient there)
         job.optimizer.synchronize()
     if scaler is not None:  # Horovod's AMP pattern: unscale the averaged gradients, then step
         scaler.unscale_(job.optimizer)
@@ -163,6 +167,8 @@ def _skip_or_stop(job: Job, epoch: int, step: int, loss: torch.Tensor) -> None:
     """Non-finite averaged gradients: fp16 loss scaling lowers its scale (as AMP does); otherwise
     ``train.on_nonfinite`` says whether to skip the step or stop every rank."""
     job.optimizer.zero_grad()
+    if job.powersgd is not None:
+        job.powersgd.forget()  # its error buffers and Q may hold the Inf/NaN now
     if job.scaler is not None:
         job.scaler.update()  # finds the inf recorded by unscale_ and halves the scale
         return None

@@ -1,0 +1,190 @@
+"""PowerSGD gradient compression (Vogels, Karimireddy & Jaggi, NeurIPS 2019), as PyTorch's DDP
+``powerSGD_hook`` does it, on Horovod's grouped allreduce: ``horovod.compression: powersgd``.
+
+Horovod's ``Compression`` API cannot express it (a compressor is stateless and its output is
+summed), so the optimizer is not Horovod's DistributedOptimizer: after backward, ``reduce`` sends
+each matrix-shaped gradient M (a conv kernel as out_channels x the rest;
+hvdtrain/powersgd_layout.py says which) as two thin factors:
+
+    M <- M + E                          error feedback: what earlier steps' factors missed
+    P = M Q;   allreduce P (average);   P <- orthonormal columns of P
+    Q = M^T P; allreduce Q (average)
+    M_hat = P Q^T  (the gradient every rank applies);   E <- M - M_hat
+
+with Q kept for the next step (warm start). The other gradients go as before (fp16 or fp32) in
+one grouped allreduce that runs while the factors are computed. The first ``warmup_steps``
+optimizer steps send every gradient that way, uncompressed, as PowerSGD recommends. Which path
+a step takes depends only on the global step, so every rank makes the same collectives.
+
+Q is the same on every rank (it is allreduced); E is each rank's own: a checkpoint carries Q and
+every rank's E (gathered with the RNG states), so a resume continues bit-identically at the same
+world size (another size starts E at zero). An elastic reset starts Q and E afresh on every rank.
+
+Every Horovod call carries a ``# Horovod:`` comment saying why it is there.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import horovod.torch as hvd
+import torch
+
+from hvdtrain.powersgd_layout import Wire, layout, wire
+from hvdtrain.recipe import MIN_POWERSGD_WARMUP, PowerSGDConfig
+
+
+def orthonormal(p: torch.Tensor) -> torch.Tensor:
+    """The columns of ``p`` made orthonormal (reduced QR; deterministic, so identical ranks
+    get identical results)."""
+    return torch.linalg.qr(p, mode="reduced").Q
+
+
+class PowerSGD:
+    """The compression state of one model's gradients and the step's ``reduce``."""
+
+    def __init__(self, model: torch.nn.Module, cfg: PowerSGDConfig, seed: int) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.layers = layout([(n, tuple(p.shape)) for n, p in named], cfg.rank,
+                             cfg.min_compression_rate)
+        self.low = [(p, l.rows, l.cols) for (_, p), l in zip(named, self.layers) if l.compressed]
+        self.rest = [p for (_, p), l in zip(named, self.layers) if not l.compressed]
+        self.every = [p for _, p in named]
+        self.cfg, self.seed, self.steps = cfg, seed, 0
+        # (the plan writes a number into the run's recipe; bench and tests may leave null)
+        self.warmup = MIN_POWERSGD_WARMUP if cfg.warmup_steps is None else cfg.warmup_steps
+        self.reset()
+
+    def wire(self) -> Wire:
+        return wire(self.layers, self.cfg.rank, 2 if self.cfg.rest == "fp16" else 4)
+
+    def reset(self) -> None:
+        """Q drawn from the seed (the same on every rank) and no error: at the start, and after
+        an elastic reset (ranks that joined have no history)."""
+        self.qs = [self._draw(cols, p.device, self.seed) for p, _, cols in self.low]
+        self.errors = ([torch.zeros(rows, cols, device=p.device) for p, rows, cols in self.low]
+                       if self.cfg.error_feedback else [])
+
+    def _draw(self, cols: int, device: torch.device, seed: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed + cols)
+        return orthonormal(torch.randn(cols, self.cfg.rank, generator=gen)).to(device)
+
+    def forget(self) -> None:
+        """After a skipped step (non-finite gradients): an error or Q with Inf/NaN in it would
+        poison every later step, so both start afresh."""
+        self.reset()
+
+    def reduce(self, global_step: int | None = None) -> None:
+        """Average this step's gradients over all ranks, in place (``global_step``: the 0-based
+        optimizer step, which decides the warmup; None: one after the last call)."""
+        step = self.steps if global_step is None else global_step
+        self.steps = step + 1
+        if step < self.warmup or not self.low:
+            self._finish(*self._start_plain(self.every, "powersgd.warmup"))
+            return
+        pending = self._start_plain(self.rest, "powersgd.rest")
+        if not self.cfg.warm_start:  # a fresh Q every step, drawn alike on every rank
+            self.qs = [self._draw(cols, p.device, self.seed + 7919 * step)
+                       for p, _, cols in self.low]
+        ms = [_grad(p).reshape(rows, cols) for p, rows, cols in self.low]
+        if self.errors:
+            ms = [m + e for m, e in zip(ms, self.errors)]
+        ps = [m @ q for m, q in zip(ms, self.qs)]
+        # Horovod: the P factors of every compressed layer, averaged in one fused allreduce.
+        hvd.grouped_allreduce_(ps, op=hvd.Average, name="powersgd.p")
+        ps = [orthonormal(p) for p in ps]
+        qs = [m.t() @ p for m, p in zip(ms, ps)]
+        # Horovod: then the Q factors, computed from the averaged P (the second round trip).
+        hvd.grouped_allreduce_(qs, op=hvd.Average, name="powersgd.q")
+        for (param, _, _), m, p, q, i in zip(self.low, ms, ps, qs, range(len(ms))):
+            approx = p @ q.t()
+            if self.errors:
+                self.errors[i] = m - approx
+            _grad(param).copy_(approx.reshape(param.shape))
+        self.qs = qs
+        self._finish(*pending)
+
+    def _start_plain(self, params: list[torch.nn.Parameter], name: str) -> tuple[Any, list, list]:
+        grads = [_grad(p) for p in params]
+        sent = [g.to(torch.float16) for g in grads] if self.cfg.rest == "fp16" else grads
+        if not sent:
+            return None, grads, sent
+        # Horovod: the gradients PowerSGD does not factor (biases, BatchNorm, small layers; all
+        # of them during the warmup), averaged in one fused allreduce, fp16 on the wire by default.
+        return hvd.grouped_allreduce_async_(sent, op=hvd.Average, name=name), grads, sent
+
+    @staticmethod
+    def _finish(handle: Any, grads: list[torch.Tensor], sent: list[torch.Tensor]) -> None:
+        if handle is None:
+            return
+        # Horovod: wait for that allreduce before the optimizer reads the gradients.
+        hvd.synchronize(handle)
+        if sent is not grads:
+            for g, s in zip(grads, sent):
+                g.copy_(s)
+
+    def state(self) -> dict[str, Any]:
+        """What every rank holds alike (Q) and the step count, for a checkpoint."""
+        return {"qs": [q.cpu() for q in self.qs], "steps": self.steps}
+
+    def local(self) -> list[torch.Tensor]:
+        """This rank's error buffers (gathered to rank 0 for a checkpoint)."""
+        return [e.cpu() for e in self.errors]
+
+    def load(self, state: dict[str, Any] | None, errors: list[torch.Tensor] | None) -> None:
+        """A checkpoint's Q (and this rank's errors, None: a new world size, start at zero)."""
+        if not state or len(state.get("qs", [])) != len(self.qs):
+            return  # another layout (or no PowerSGD when it was written): keep the fresh state
+        self.qs = [q.to(p.device) for q, (p, _, _) in zip(state["qs"], self.low)]
+        self.steps = int(state.get("steps", 0))
+        if errors is not None and self.errors and len(errors) == len(self.errors):
+            self.errors = [e.to(p.device) for e, (p, _, _) in zip(errors, self.low)]
+
+
+def _grad(p: torch.nn.Parameter) -> torch.Tensor:
+    """The gradient, zeros for a parameter backward did not reach (every rank sends the same
+    tensors)."""
+    if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    return p.grad
+
+
+def powersgd_optimizer(optimizer: torch.optim.Optimizer, psgd: PowerSGD,
+                       reduces: bool) -> torch.optim.Optimizer:
+    """``optimizer`` with the interface of Horovod's DistributedOptimizer that the loop uses
+    (``synchronize``, ``skip_synchronize``, a step that synchronizes first), reducing through
+    ``psgd``. ``reduces``: False at np=1 outside elastic mode (nothing to average)."""
+    cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
+               dict(_PowerSGDOptimizer.__dict__))
+    return cls(optimizer.param_groups, psgd, reduces)
+
+
+class _PowerSGDOptimizer(torch.optim.Optimizer):
+    def __init__(self, params: Any, psgd: PowerSGD, reduces: bool) -> None:
+        super(self.__class__, self).__init__(params)
+        self.powersgd = psgd
+        # (the name Horovod's DistributedOptimizer uses: hvdtrain/worker/optim.reduces_gradients)
+        self._requires_update = set(psgd.every) if reduces else set()
+        self._should_synchronize = True
+
+    def synchronize(self) -> None:
+        if self._requires_update:
+            self.powersgd.reduce()
+
+    @contextmanager
+    def skip_synchronize(self) -> Iterator[None]:
+        self._should_synchronize = False
+        try:
+            yield
+        finally:
+            self._should_synchronize = True
+
+    def step(self, closure: Any = None) -> Any:
+        if self._should_synchronize:
+            self.synchronize()
+        return super(self.__class__, self).step(closure)
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zeros, not None, as Horovod's optimizer leaves them (every rank sends every tensor)."""
+        super(self.__class__, self).zero_grad(set_to_none=set_to_none)
