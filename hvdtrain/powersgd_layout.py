@@ -5,8 +5,8 @@ two never disagree.
 A parameter of two or more dimensions is a matrix of ``rows = shape[0]`` by ``cols = the rest``
 (a conv kernel: out_channels x in_channels*kh*kw). Rank ``r`` sends P (rows x r) and Q (cols x r)
 instead of the matrix, so it pays when ``(rows + cols) * r * min_rate <= rows * cols`` (PyTorch's
-``powerSGD_hook`` rule; its default rate is 2). A rank that is not below the matrix's smaller
-side cannot approximate anything: that layer falls back to the uncompressed path, and the plan
+``powerSGD_hook`` rule; its default rate is 2). A rank larger than the matrix's smaller side
+has nothing more to approximate: that layer falls back to the uncompressed path, and the plan
 says so. Everything else (biases, BatchNorm, small layers) goes uncompressed (``rest``: fp16 or
 fp32), grouped.
 """
@@ -26,7 +26,7 @@ class Layer:
     rows: int
     cols: int
     compressed: bool
-    rank_too_large: bool  # a matrix whose smaller side is not above the rank: falls back
+    rank_too_large: bool  # a matrix whose smaller side is below the rank: falls back
 
     @property
     def numel(self) -> int:
@@ -40,7 +40,7 @@ def layout(shapes: list[tuple[str, tuple[int, ...]]], rank: int, min_rate: float
         rows = shape[0] if shape else 1
         cols = math.prod(shape[1:])  # 1 for a vector or a scalar
         matrix = len(shape) >= 2
-        too_large = matrix and rank >= min(rows, cols)
+        too_large = matrix and rank > min(rows, cols)
         pays = matrix and not too_large and (rows + cols) * rank * min_rate <= rows * cols
         out.append(Layer(name, tuple(shape), rows, cols, pays, too_large))
     return out
@@ -76,9 +76,11 @@ def describe(w: Wire, rank: int) -> str:
 
 def fallbacks(layers: list[Layer], rank: int) -> list[str]:
     """The plan's note for each matrix the rank is too large for."""
-    return [f"{l.name} ({l.rows} x {l.cols}): horovod.powersgd.rank {rank} is not below its "
-            f"smaller side, so it is sent uncompressed" for l in layers if l.rank_too_large]
+    return [f"{l.name} ({l.rows} x {l.cols}): horovod.powersgd.rank {rank} is larger than "
+            f"its smaller side, so it is sent uncompressed" for l in layers if l.rank_too_large]
 
 
 def _mb(n: int) -> str:
+    if n < 1e6:
+        return f"{n / 1e3:.1f} kB"
     return f"{n / 1e6:.2f} MB" if n < 1e7 else f"{n / 1e6:.0f} MB"

@@ -42,14 +42,18 @@ def jsonl(text: str) -> list[dict]:
     return [json.loads(x) for x in text.splitlines()]
 
 
-@pytest.mark.parametrize("fault", [dict(action="kill", rank=1, epoch=2, step=7),
-                                   dict(action="raise", rank=1, epoch=2)],
-                         ids=["killed", "raises"])
+@pytest.mark.parametrize(("fault", "compression"), [
+    (dict(action="kill", rank=1, epoch=2, step=7), "fp16"),
+    (dict(action="raise", rank=1, epoch=2), "fp16"),
+    # PowerSGD's state starts afresh on the survivor (its factors were averaged over two ranks)
+    (dict(action="kill", rank=1, epoch=2, step=7), "powersgd")],
+    ids=["killed", "raises", "killed-powersgd"])
 def test_losing_a_worker_the_survivor_finishes(run_cli, discovery, tmp_path: Path,
-                                               fault) -> None:
+                                               fault, compression) -> None:
     run_dir = tmp_path / "run"
     proc = run_cli("run", "digits-cnn", "train.epochs=6", elastic(discovery), "--np", "2",
-                   fault_env(**fault), "--run-dir", str(run_dir), "--json", timeout=300)
+                   f"horovod.compression={compression}", fault_env(**fault), "--run-dir",
+                   str(run_dir), "--json", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     evs = jsonl(proc.stdout)
     start = next(e for e in evs if e["event"] == "start")

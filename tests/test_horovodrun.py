@@ -70,3 +70,15 @@ def test_an_idle_or_waiting_rank_does_not_burn_cpu() -> None:
         assert r["sum"] == 2.0
         assert r["idle_wall"] >= 1.9 and r["idle_cpu"] < 0.08, r  # idle cycles: ~0.17 s here
     assert ranks[0]["wait_wall"] >= 1.5 and ranks[0]["wait_cpu"] < 0.2, ranks[0]
+
+
+def test_powersgd_reduce_is_the_algorithm_on_real_allreduces() -> None:
+    """Issue 28: hvdtrain's PowerSGD against the algorithm written out in the script for both
+    ranks (averaged P, orthonormal, averaged Q, each rank's error carried to its next step); the
+    warmup and the uncompressed bias are plain averages; the ranks hold identical gradients."""
+    ranks = run_script("powersgd_ranks.py", "POWERSGD")
+    for r in ranks.values():
+        assert r["warmup_err"] == [0.0] and r["bias_err"] == [0.0] * 4
+        assert max(r["weight_err"]) < 1e-6 and len(r["weight_err"]) == 3
+        assert r["error_err"] < 1e-6  # the residual each rank carries into the next step
+    assert ranks[0]["hashes"] == ranks[1]["hashes"]

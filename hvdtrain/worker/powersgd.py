@@ -26,7 +26,7 @@ Every Horovod call carries a ``# Horovod:`` comment saying why it is there.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import horovod.torch as hvd
 import torch
@@ -39,6 +39,39 @@ def orthonormal(p: torch.Tensor) -> torch.Tensor:
     """The columns of ``p`` made orthonormal (reduced QR; deterministic, so identical ranks
     get identical results)."""
     return torch.linalg.qr(p, mode="reduced").Q
+
+
+def low_rank(ms: list[torch.Tensor], qs: list[torch.Tensor],
+             average: Callable[[torch.Tensor, str], None]) -> tuple[list[torch.Tensor],
+                                                                 list[torch.Tensor]]:
+    """One power iteration for every matrix M (rows x cols) from its Q (cols x rank): P = M Q
+    averaged over the ranks and made orthonormal, then Q = M^T P averaged; returns (P, Q), and
+    P Q^T is the low-rank average every rank applies. ``average(t, name)`` averages ``t`` in
+    place (Horovod's allreduce; a test's stand-in). Each round's factors are views of one flat
+    buffer: one tensor per allreduce, no fusion copies."""
+    p_flat, ps = _views([m.shape[0] for m in ms], qs, ms[0])
+    for m, q, p in zip(ms, qs, ps):
+        torch.mm(m, q, out=p)
+    average(p_flat, "powersgd.p")
+    ps = [orthonormal(p) for p in ps]
+    q_flat, new_qs = _views([m.shape[1] for m in ms], qs, ms[0])
+    for m, p, q in zip(ms, ps, new_qs):
+        torch.mm(m.t(), p, out=q)
+    average(q_flat, "powersgd.q")
+    return ps, new_qs
+
+
+def _views(sides: list[int], qs: list[torch.Tensor],
+           like: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One buffer of ``sum(side x rank)`` and its ``side x rank`` views, in order."""
+    ranks = [q.shape[1] for q in qs]
+    flat = torch.empty(sum(s * r for s, r in zip(sides, ranks)), dtype=like.dtype,
+                       device=like.device)
+    views, at = [], 0
+    for side, r in zip(sides, ranks):
+        views.append(flat[at:at + side * r].view(side, r))
+        at += side * r
+    return flat, views
 
 
 class PowerSGD:
@@ -87,42 +120,46 @@ class PowerSGD:
         if not self.cfg.warm_start:  # a fresh Q every step, drawn alike on every rank
             self.qs = [self._draw(cols, p.device, self.seed + 7919 * step)
                        for p, _, cols in self.low]
-        ms = [_grad(p).reshape(rows, cols) for p, rows, cols in self.low]
-        if self.errors:
-            ms = [m + e for m, e in zip(ms, self.errors)]
-        ps = [m @ q for m, q in zip(ms, self.qs)]
-        # Horovod: the P factors of every compressed layer, averaged in one fused allreduce.
-        hvd.grouped_allreduce_(ps, op=hvd.Average, name="powersgd.p")
-        ps = [orthonormal(p) for p in ps]
-        qs = [m.t() @ p for m, p in zip(ms, ps)]
-        # Horovod: then the Q factors, computed from the averaged P (the second round trip).
-        hvd.grouped_allreduce_(qs, op=hvd.Average, name="powersgd.q")
-        for (param, _, _), m, p, q, i in zip(self.low, ms, ps, qs, range(len(ms))):
-            approx = p @ q.t()
-            if self.errors:
-                self.errors[i] = m - approx
-            _grad(param).copy_(approx.reshape(param.shape))
-        self.qs = qs
+        grads = [_grad(p).view(rows, cols) for p, rows, cols in self.low]
+        # M = gradient + error, built in the error buffer (no copy of the gradient)
+        ms = [e.add_(g) for e, g in zip(self.errors, grads)] if self.errors else grads
+        ps, qs = low_rank(ms, self.qs, self._average)
+        for g, m, p, q in zip(grads, ms, ps, qs):
+            if self.errors:  # (``m`` is the error buffer: M - M_hat, in place)
+                torch.mm(p, q.t(), out=g)  # the gradient every rank applies
+                m.sub_(g)
+            else:
+                g.copy_(p @ q.t())  # (``m`` is the gradient itself: read before written)
+        self.qs = qs  # warm start: the next step begins from this Q
         self._finish(*pending)
 
-    def _start_plain(self, params: list[torch.nn.Parameter], name: str) -> tuple[Any, list, list]:
+    @staticmethod
+    def _average(t: torch.Tensor, name: str) -> None:
+        # Horovod: the P (then Q) factors of every compressed layer, averaged over the ranks in
+        # one allreduce each (Q is computed from the averaged P: two round trips a step).
+        hvd.allreduce_(t, op=hvd.Average, name=name)
+
+    def _start_plain(self, params: list[torch.nn.Parameter],
+                     name: str) -> tuple[Any, list[torch.Tensor], torch.Tensor | None]:
         grads = [_grad(p) for p in params]
-        sent = [g.to(torch.float16) for g in grads] if self.cfg.rest == "fp16" else grads
-        if not sent:
-            return None, grads, sent
+        if not grads:
+            return None, grads, None
+        flat = torch.cat([g.reshape(-1) for g in grads])  # one tensor: no fusion copies
+        sent = flat.to(torch.float16) if self.cfg.rest == "fp16" else flat
         # Horovod: the gradients PowerSGD does not factor (biases, BatchNorm, small layers; all
-        # of them during the warmup), averaged in one fused allreduce, fp16 on the wire by default.
-        return hvd.grouped_allreduce_async_(sent, op=hvd.Average, name=name), grads, sent
+        # of them during the warmup), averaged in one allreduce, fp16 on the wire by default.
+        return hvd.allreduce_async_(sent, op=hvd.Average, name=name), grads, sent
 
     @staticmethod
-    def _finish(handle: Any, grads: list[torch.Tensor], sent: list[torch.Tensor]) -> None:
-        if handle is None:
+    def _finish(handle: Any, grads: list[torch.Tensor], sent: torch.Tensor | None) -> None:
+        if handle is None or sent is None:
             return
         # Horovod: wait for that allreduce before the optimizer reads the gradients.
         hvd.synchronize(handle)
-        if sent is not grads:
-            for g, s in zip(grads, sent):
-                g.copy_(s)
+        at = 0
+        for g in grads:
+            g.copy_(sent[at:at + g.numel()].view_as(g))
+            at += g.numel()
 
     def state(self) -> dict[str, Any]:
         """What every rank holds alike (Q) and the step count, for a checkpoint."""
