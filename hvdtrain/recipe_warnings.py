@@ -3,7 +3,7 @@ warnings `plan`, `validate` and `plan --json` show (never errors)."""
 
 from __future__ import annotations
 
-from hvdtrain.recipe import Recipe
+from hvdtrain.recipe import PowerSGDConfig, Recipe
 
 
 def recipe_warnings(recipe: Recipe) -> list[str]:
@@ -37,7 +37,9 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
         late = [m for m in opt.decay_epochs if m >= train.epochs]
         out.append(f"optimizer.decay_epochs {late} are at or after the last epoch "
                    f"({train.epochs}): those drops never happen")
-    tuned = sorted(hv.powersgd.model_fields_set)
+    default = PowerSGDConfig()
+    tuned = sorted(k for k in hv.powersgd.model_fields_set
+                   if getattr(hv.powersgd, k) != getattr(default, k))
     if tuned and hv.compression != "powersgd":
         out.append(f"horovod.powersgd.{', horovod.powersgd.'.join(tuned)} "
                    f"appl{'ies' if len(tuned) == 1 else 'y'} to compression: powersgd only "
