@@ -85,8 +85,8 @@ def describe(plan: Any) -> str | None:
 
 
 class Tracker:
-    """The launch's MLflow upload: ``begin``, ``poke`` after new metrics, ``said`` for the view's
-    messages, ``finish`` with the launch's end."""
+    """The launch's MLflow upload: ``start`` (its first record and the thread), ``poke`` after
+    new metrics, ``said`` for the view's messages, ``finish`` with the launch's end."""
 
     def __init__(self, folder: RunDir, uri: str) -> None:
         self.folder, self.uri = folder, uri
