@@ -160,6 +160,7 @@ def test_track_logs_a_run_trained_without_tracking(server, digits_run, run_cli,
     run = the_run(c, "digits-cnn")  # the recipe's name
     assert run.info.run_id == json.loads(proc.stdout)["run_id"]
     assert run.info.status == "FINISHED" and run.data.tags["hvdtrain.status"] == "finished"
+    assert run.data.tags["hvdtrain.exit_status"] == "0"
     assert_metrics_match(c, run.info.run_id, run_dir)
     assert len(history(c, run.info.run_id, "train/lr")) == records(run_dir, "epoch")[-1][
         "global_step"]

@@ -213,7 +213,8 @@ def track_command(*, run_dir: str, uri: str | None, as_json: bool) -> int:
         open_records(folder, info, recipe, str(info.get("recipe") or folder.path.name))
     if not records or records[-1].get("kind") != "end":  # its launcher was killed (-9)
         status = status_of(info, alive=False)
-        _append(folder, end_record(status, info.get("exit_status") or -1))
+        code = info.get("exit_status")
+        _append(folder, end_record(status, code if isinstance(code, int) else -1))
     sync = Sync(folder, target)
     try:
         with Console(stderr=True).status(f"track: uploading {folder.path} to {target}"):
