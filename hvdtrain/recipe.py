@@ -168,6 +168,11 @@ class PowerSGDConfig(Section):
     warm_start: bool = True  # start each step's power iteration from the last step's Q
     rest: Literal["fp16", "none"] = "fp16"  # how the gradients it does not compress go
 
+    def uncompressed_steps(self) -> int:
+        """warmup_steps, null read as MIN_POWERSGD_WARMUP (the plan writes the LR warmup's
+        number into a run's recipe; bench and tests may leave null)."""
+        return MIN_POWERSGD_WARMUP if self.warmup_steps is None else self.warmup_steps
+
 
 class HorovodConfig(Section):
     compression: Literal["fp16", "none", "powersgd"] = "fp16"

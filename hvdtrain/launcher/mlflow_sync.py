@@ -15,8 +15,8 @@ from typing import Any, Iterator
 
 from hvdtrain.errors import UserError
 from hvdtrain.launcher.mlflow_records import Cursor, Point, points
+from hvdtrain.launcher.report import recorded_lr_config
 from hvdtrain.rundir import RunDir, write_json_atomic
-from hvdtrain.schedule import LRConfig
 
 METRICS_PER_BATCH = 1000  # MLflow's log_batch limits: 1000 metrics, 100 params and tags
 PARAMS_PER_BATCH = 100
@@ -33,18 +33,10 @@ def mlflow_defaults() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
-def _lr_config(info: dict[str, Any]) -> LRConfig | None:
-    from hvdtrain.recipe import Recipe, lr_config
-
-    try:
-        return lr_config(Recipe.model_validate(info.get("recipe_resolved")))
-    except (ValueError, TypeError):
-        return None  # an edited or older manifest: the LR of the logged steps only
-
-
-def _lines(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
-    """Each complete line after ``offset`` with the offset just past it (a line still being
-    written, without its newline, waits for the next sync)."""
+def records(path: Path, offset: int = 0) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """Each complete JSON line after ``offset`` with the offset just past it; None for a line
+    that is not a JSON object (torn by a killed writer: skipped, as metrics.jsonl's readers do).
+    A line still being written, without its newline, waits for the next sync."""
     try:
         with path.open("rb") as fh:
             fh.seek(offset)
@@ -55,7 +47,11 @@ def _lines(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
         if not line.endswith(b"\n"):
             return
         offset += len(line)
-        yield offset, line
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        yield offset, record if isinstance(record, dict) else None
 
 
 def _signature(path: Path) -> str | None:
@@ -81,7 +77,7 @@ class Sync:
     def __init__(self, folder: RunDir, uri: str) -> None:
         self.folder, self.uri = folder, uri
         self.info = folder.read_manifest() or {}
-        self.cfg = _lr_config(self.info)
+        self.cfg = recorded_lr_config(self.info)
         self.state: dict[str, Any] = servers(folder).get(uri) or {"outbox": 0, "metrics": 0}
         self.sent = {"records": 0, "points": 0, "artifacts": 0}
         self.notes: list[str] = []  # what could not be made (report, model export), said once
@@ -104,20 +100,11 @@ class Sync:
     def run_id(self) -> str | None:
         return self.state.get("run_id")
 
-    def pending(self) -> bool:
-        """Whether anything is left to send (records or metric lines)."""
-        return any(True for _ in _lines(self.folder.tracking_outbox, self.state["outbox"])) or \
-            any(True for _ in _lines(self.folder.metrics_file, self.state["metrics"]))
-
     def run(self, artifacts: bool = True) -> None:
         """Send the outbox's records, then the metrics; the artifacts too when ``artifacts`` and
         the last record ends a launch. Raises whatever MLflow raises; progress is kept."""
-        for offset, line in _lines(self.folder.tracking_outbox, self.state["outbox"]):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None  # a torn line: skipped, as metrics.jsonl's readers do
-            if isinstance(record, dict):
+        for offset, record in records(self.folder.tracking_outbox, self.state["outbox"]):
+            if record is not None:
                 self._apply(record)
                 self.state["ended"] = record.get("kind") == "end"
             self.state["outbox"] = offset
@@ -164,12 +151,8 @@ class Sync:
                         self.state.get("world_size") or self.info.get("np"))
         batch: list[Point] = []
         done = self.state["metrics"]
-        for offset, line in _lines(self.folder.metrics_file, done):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            batch += points(record, cursor, self.cfg) if isinstance(record, dict) else []
+        for offset, record in records(self.folder.metrics_file, done):
+            batch += points(record, cursor, self.cfg) if record is not None else []
             done = offset
             if len(batch) >= METRICS_PER_BATCH:
                 self._send(batch, done, cursor)

@@ -113,17 +113,9 @@ def powersgd_wire(plan: Plan, shapes: list[list]) -> None:
 
 
 def model_shapes(recipe: Recipe, classes: list[str] | None) -> list[list]:
-    """The built-in model's parameter shapes, from a child process (torch stays out of this one)."""
-    from hvdtrain.launcher.helpers import run_helper
-
-    ran = run_helper([sys.executable, "-m", "hvdtrain.worker.probe", "--model",
-                      str(len(classes or []))], timeout=recipe.launch.check_timeout,
-                     input_text=json.dumps(recipe.model_dump(mode="json")))
-    try:
-        return json.loads(ran.stdout.strip().splitlines()[-1])["shapes"]
-    except (IndexError, ValueError, KeyError):
-        said = (ran.stderr.strip() or "no output").splitlines()[-1]
-        raise UserError(f"could not build the model to lay out PowerSGD: {said}") from None
+    """The built-in model's parameter shapes (the probe builds only the model: no data read)."""
+    return _probe(recipe, ["--model", str(len(classes or []))],
+                  "the model (to lay out PowerSGD)")["shapes"]
 
 
 def this_machine() -> checks.Machine:
@@ -213,15 +205,22 @@ def probe_components(recipe: Recipe,
     user's own, then build data and model once and push one batch through the model in a child
     process (torch stays out of this one); returns what it found (sizes, classes, parameters).
     Refuses the recipe with the reason. ``files``: ``component_files(recipe)`` when known."""
-    from hvdtrain.launcher.helpers import run_helper
-
     specs = [spec for _, spec, _ in (component_files(recipe) if files is None else files)]
     if not specs:
         return None
-    what, limit = ", ".join(specs), recipe.launch.check_timeout
+    what = ", ".join(specs)
     if sys.stderr.isatty():
         print(f"checking {what} (building data and model once) ...", file=sys.stderr, flush=True)
-    ran = run_helper([sys.executable, "-m", "hvdtrain.worker.probe"], timeout=limit,
+    return _probe(recipe, [], what)
+
+
+def _probe(recipe: Recipe, args: list[str], what: str) -> dict:
+    """``python -m hvdtrain.worker.probe ARGS`` with the recipe on stdin, in a child process
+    (torch stays out of this one), within launch.check_timeout; its JSON, or a UserError."""
+    from hvdtrain.launcher.helpers import run_helper
+
+    limit = recipe.launch.check_timeout
+    ran = run_helper([sys.executable, "-m", "hvdtrain.worker.probe", *args], timeout=limit,
                      input_text=json.dumps(recipe.model_dump(mode="json")))
     said = (ran.stderr.strip().splitlines() or ran.stdout.strip().splitlines() or ["no output"])
     if ran.code is None:

@@ -16,7 +16,7 @@ from hvdtrain.launcher.runs import describe
 from hvdtrain.manifest import EPOCH_NUMBERS, Manifest, Status, records
 from hvdtrain.recipe import Recipe, lr_config
 from hvdtrain.rundir import RunDir
-from hvdtrain.schedule import lr_at
+from hvdtrain.schedule import LRConfig, lr_at
 
 # Settings that never tell runs apart in a legend; at most this many keys name a run.
 IGNORED = ("description", "launch.output_dir")
@@ -83,15 +83,23 @@ def name_runs(runs: list[Run]) -> None:
             r.label += " (still running)"
 
 
+def recorded_lr_config(info: Manifest) -> LRConfig | None:
+    """The LR schedule of the run's recorded recipe; None when the manifest's recipe cannot be
+    read (edited, or another hvdtrain's): then only the logged LRs are known."""
+    try:
+        return lr_config(Recipe.model_validate(info.get("recipe_resolved")))
+    except (ValueError, TypeError):
+        return None
+
+
 def step_lrs(r: Run) -> tuple[list[int], list[float]]:
     """(step, LR) of every step up to the last logged one, the warmup included: the schedule is a
     pure function of the step (hvdtrain/schedule.py), so the run's recipe and each window's
     steps per epoch and world size give them all. The logged points alone when the recipe in the
     manifest cannot be read (edited, or another hvdtrain's)."""
     logged = [s["global_step"] for s in r.steps], [s["lr"] for s in r.steps]
-    try:
-        cfg = lr_config(Recipe.model_validate(r.manifest.get("recipe_resolved")))
-    except (ValueError, TypeError):
+    cfg = recorded_lr_config(r.manifest)
+    if cfg is None:
         return logged
     sizes = {e["epoch"]: e.get("world_size") for e in r.epochs}
     xs: list[int] = []

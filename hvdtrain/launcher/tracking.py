@@ -21,7 +21,7 @@ from typing import Any
 
 from hvdtrain.errors import UserError
 from hvdtrain.launcher.mlflow_records import end_record, resume_record, start_record
-from hvdtrain.launcher.mlflow_sync import Sync, servers
+from hvdtrain.launcher.mlflow_sync import Sync, records, servers
 from hvdtrain.manifest import Manifest, Status
 from hvdtrain.recipe import Recipe, tracking_uri_problem
 from hvdtrain.rundir import RunDir
@@ -50,17 +50,7 @@ def _append(folder: RunDir, record: dict[str, Any]) -> None:
 
 
 def _records(folder: RunDir) -> list[dict[str, Any]]:
-    try:
-        lines = folder.tracking_outbox.read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return [r for r in out if isinstance(r, dict)]
+    return [r for _, r in records(folder.tracking_outbox) if r is not None]
 
 
 def open_records(folder: RunDir, info: Manifest, recipe: Recipe, recipe_name: str) -> None:

@@ -141,12 +141,10 @@ def _ddp_powersgd(model: torch.nn.Module, recipe: Recipe) -> int:
     from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
 
     from hvdtrain.powersgd_layout import layout, wire
-    from hvdtrain.recipe import MIN_POWERSGD_WARMUP
 
     cfg = recipe.horovod.powersgd
-    warmup = MIN_POWERSGD_WARMUP if cfg.warmup_steps is None else cfg.warmup_steps
     state = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=cfg.rank,
-                               start_powerSGD_iter=warmup,
+                               start_powerSGD_iter=cfg.uncompressed_steps(),
                                min_compression_rate=cfg.min_compression_rate,
                                use_error_feedback=cfg.error_feedback, warm_start=cfg.warm_start,
                                random_seed=recipe.train.seed)

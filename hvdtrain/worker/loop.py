@@ -17,7 +17,7 @@ its input, never around one: moving a gather under ``if rank == 0`` hangs the ot
             share_cores: allgather_object hosts; announce_start: [allgather_object optimizer
             hashes, when resumed], allgather_object devices
     step    the gradient allreduces (DistributedOptimizer's hooks; Adasum: allreduce "finite";
-            PowerSGD: grouped allreduces "powersgd.warmup", or "powersgd.rest", ".p", ".q")
+            PowerSGD: allreduces "powersgd.warmup", or "powersgd.rest", ".p", ".q")
     window  allreduce "train_window" every log_interval steps: metrics and the stop flag, so all
             ranks stop at the same step; on a non-finite stop: allgather_object of the losses
     epoch   when evaluating: sync_buffers (allreduce per BN buffer), allreduce "eval_sums";

@@ -1,5 +1,5 @@
 """PowerSGD gradient compression (Vogels, Karimireddy & Jaggi, NeurIPS 2019), as PyTorch's DDP
-``powerSGD_hook`` does it, on Horovod's grouped allreduce: ``horovod.compression: powersgd``.
+``powerSGD_hook`` does it, on Horovod's allreduce: ``horovod.compression: powersgd``.
 
 Horovod's ``Compression`` API cannot express it (a compressor is stateless and its output is
 summed), so the optimizer is not Horovod's DistributedOptimizer: after backward, ``reduce`` sends
@@ -11,8 +11,9 @@ hvdtrain/powersgd_layout.py says which) as two thin factors:
     Q = M^T P; allreduce Q (average)
     M_hat = P Q^T  (the gradient every rank applies);   E <- M - M_hat
 
-with Q kept for the next step (warm start). The other gradients go as before (fp16 or fp32) in
-one grouped allreduce that runs while the factors are computed. The first ``warmup_steps``
+with Q kept for the next step (warm start); each round's factors travel as one flat tensor. The
+other gradients go as before (fp16 or fp32), concatenated into one allreduce that runs while the
+factors are computed. The first ``warmup_steps``
 optimizer steps send every gradient that way, uncompressed, as PowerSGD recommends. Which path
 a step takes depends only on the global step, so every rank makes the same collectives.
 
@@ -32,7 +33,7 @@ import horovod.torch as hvd
 import torch
 
 from hvdtrain.powersgd_layout import Wire, layout, wire
-from hvdtrain.recipe import MIN_POWERSGD_WARMUP, PowerSGDConfig
+from hvdtrain.recipe import PowerSGDConfig
 
 
 def orthonormal(p: torch.Tensor) -> torch.Tensor:
@@ -63,7 +64,8 @@ def low_rank(ms: list[torch.Tensor], qs: list[torch.Tensor],
 
 def _views(sides: list[int], qs: list[torch.Tensor],
            like: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One buffer of ``sum(side x rank)`` and its ``side x rank`` views, in order."""
+    """One buffer of ``sum(side x rank)`` and its ``side x rank`` views, in order (each matrix's
+    rank is its Q's columns)."""
     ranks = [q.shape[1] for q in qs]
     flat = torch.empty(sum(s * r for s, r in zip(sides, ranks)), dtype=like.dtype,
                        device=like.device)
@@ -85,16 +87,16 @@ class PowerSGD:
         self.rest = [p for (_, p), l in zip(named, self.layers) if not l.compressed]
         self.every = [p for _, p in named]
         self.cfg, self.seed, self.steps = cfg, seed, 0
-        # (the plan writes a number into the run's recipe; bench and tests may leave null)
-        self.warmup = MIN_POWERSGD_WARMUP if cfg.warmup_steps is None else cfg.warmup_steps
+        self.warmup = cfg.uncompressed_steps()
         self.reset()
 
     def wire(self) -> Wire:
         return wire(self.layers, self.cfg.rank, 2 if self.cfg.rest == "fp16" else 4)
 
     def reset(self) -> None:
-        """Q drawn from the seed (the same on every rank) and no error: at the start, and after
-        an elastic reset (ranks that joined have no history)."""
+        """Q drawn from the seed (the same on every rank) and no error: at the start, after an
+        elastic reset (ranks that joined have no history), and after a skipped step (an error or
+        Q with Inf/NaN in it would poison every later step)."""
         self.qs = [self._draw(cols, p.device, self.seed) for p, _, cols in self.low]
         self.errors = ([torch.zeros(rows, cols, device=p.device) for p, rows, cols in self.low]
                        if self.cfg.error_feedback else [])
@@ -102,11 +104,6 @@ class PowerSGD:
     def _draw(self, cols: int, device: torch.device, seed: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed + cols)
         return orthonormal(torch.randn(cols, self.cfg.rank, generator=gen)).to(device)
-
-    def forget(self) -> None:
-        """After a skipped step (non-finite gradients): an error or Q with Inf/NaN in it would
-        poison every later step, so both start afresh."""
-        self.reset()
 
     def reduce(self, global_step: int | None = None) -> None:
         """Average this step's gradients over all ranks, in place (``global_step``: the 0-based

@@ -168,7 +168,7 @@ def _skip_or_stop(job: Job, epoch: int, step: int, loss: torch.Tensor) -> None:
     ``train.on_nonfinite`` says whether to skip the step or stop every rank."""
     job.optimizer.zero_grad()
     if job.powersgd is not None:
-        job.powersgd.forget()  # its error buffers and Q may hold the Inf/NaN now
+        job.powersgd.reset()  # its error buffers and Q may hold the Inf/NaN now
     if job.scaler is not None:
         job.scaler.update()  # finds the inf recorded by unscale_ and halves the scale
         return None
