@@ -70,8 +70,7 @@ def test_which_layers_are_factored_and_the_bytes_a_step() -> None:
     w = wire(layers, rank=4, rest_bytes=2)
     assert w.grad_bytes == 4 * (64 * 576 + 64 + 64 + 640 + 12)
     assert w.wire_bytes == 4 * 4 * (64 + 576) + 4 * 4 * (10 + 64) + 2 * (64 + 64 + 12)
-    assert describe(w, 4) == ("powersgd rank 4: 11.7 kB of 150.6 kB a step, 13x (2 of 5 "
-                              "tensors as factors)")
+    assert describe(w, 4) == "rank 4: 11.7 kB of 150.6 kB a step (13x), 2/5 tensors factored"
     assert fallbacks(layers, 4) == ["tiny.weight (3 x 4): horovod.powersgd.rank 4 is larger "
                                     "than its smaller side, so it is sent uncompressed"]
     assert [l.compressed for l in layout(shapes, rank=4, min_rate=10)][:4] == [True, False,
@@ -87,8 +86,7 @@ def test_the_plan_shows_the_wire_and_each_fallback() -> None:
     plan.warnings = []
     powersgd_wire(plan, [["features.0.weight", [32, 1, 3, 3]], ["classifier.4.weight",
                                                                   [10, 128]]])
-    assert plan.wire == ("powersgd rank 64: 3.1 kB of 6.3 kB a step, 2x (0 of 2 tensors as "
-                         "factors)")
+    assert plan.wire == "rank 64: 3.1 kB of 6.3 kB a step (2x), 0/2 tensors factored"
     assert plan.warnings == [
         "features.0.weight (32 x 9): horovod.powersgd.rank 64 is larger than its smaller side, "
         "so it is sent uncompressed",

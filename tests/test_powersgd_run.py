@@ -43,8 +43,8 @@ def test_digits_with_powersgd_matches_none_and_needs_its_error_feedback(run_cli,
                                 "wire_bytes": 25396}
     # null: the LR warmup (22 steps at np=2), written into the run's recipe
     assert manifest["recipe_resolved"]["horovod"]["powersgd"]["warmup_steps"] == 22
-    assert ("  wire: powersgd rank 4: 25.4 kB of 359.7 kB a step, 14x (4 of 10 tensors as "
-            "factors)") in out.splitlines()
+    assert ("  powersgd rank 4: 25.4 kB of 359.7 kB a step (14x), 4/10 tensors factored"
+            in out.splitlines())
     assert "gradients powersgd rank 4 + float16 on the wire (25,396 of 359,720 bytes)" in out
 
 

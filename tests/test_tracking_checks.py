@@ -37,8 +37,8 @@ def test_tracking_needs_a_server_and_mlflow_before_launch(in_cli, monkeypatch,
     proc = in_cli("run", "--dry-run", "digits-cnn", "tracking.mlflow=true",
                   "tracking.experiment=mine", "--run-dir", str(run_dir))
     assert proc.returncode == 0, proc.stderr
-    assert ("tracking       MLflow at http://127.0.0.1:5000, experiment 'mine', run 'run' (logged "
-            "by this process)") in proc.stdout
+    assert "tracking       MLflow at http://127.0.0.1:5000, experiment 'mine', run 'run'\n" in \
+        proc.stdout
     recipe = load_recipe("digits-cnn", ["tracking.mlflow=true"]).recipe
     assert tracking_problems(recipe, installed=False, env_uri="http://h:1") == [
         "tracking.mlflow is true, but MLflow is not installed here (the hvdtrain process logs the "

@@ -149,7 +149,7 @@ def print_plan(console: Console, plan: Plan) -> None:
                           f"warmup {plan.warmup_steps} steps"),
         ("allreduce", f"compression {r.horovod.compression}, op {r.horovod.op}, "
                       f"predivide {r.horovod.gradient_predivide_factor:g}"),
-        *([("wire", plan.wire)] if plan.wire else []),
+        *([("powersgd", plan.wire)] if plan.wire else []),
         ("environment", ", ".join(f"{k}={v}" for k, v in plan.env.items()) or "(inherited only)"),
         ("run dir", str(plan.run_dir)),
         *([("resume", resume_text(plan))] if plan.resume else []),

@@ -34,7 +34,7 @@ def header_lines(plan: Plan) -> list[str]:
         f"hvdtrain run {plan.recipe_name}: {plan.np} workers on {hosts}",
         f"  compression {r.horovod.compression}, op {r.horovod.op}; batch {plan.batch_size}/worker "
         f"({plan.global_batch} global), {plan.steps_per_epoch} steps/epoch, {r.train.epochs} epochs",
-        *([f"  wire: {plan.wire}"] if plan.wire else []),
+        *([f"  powersgd {plan.wire}"] if plan.wire else []),
         f"  LR {plan.base_lr:g} -> peak {plan.peak_lr:g} over {plan.warmup_steps} warmup steps "
         f"({r.optimizer.decay} decay)",
         f"  run dir {plan.run_dir}",

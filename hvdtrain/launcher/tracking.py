@@ -71,7 +71,7 @@ def describe(plan: Any) -> str | None:
         return None
     uri = t.uri or os.environ.get("MLFLOW_TRACKING_URI") or "(no server named)"
     return (f"MLflow at {uri}, experiment {t.experiment or plan.recipe_name!r}, run "
-            f"{t.run_name or plan.run_dir.name!r} (logged by this process)")
+            f"{t.run_name or plan.run_dir.name!r}")
 
 
 class Tracker:
@@ -151,8 +151,9 @@ class Tracker:
 
 def done_lines(sync: Sync, failed: str | None) -> list[str]:
     if failed is not None:
-        return [f"MLflow: not everything reached {sync.uri} ({failed}); nothing is lost: "
-                f"upload the rest with: hvdtrain track {shlex.quote(str(sync.folder.path))}"]
+        return [f"MLflow: not everything reached {sync.uri} ({failed})",
+                f"  nothing is lost: upload the rest with: hvdtrain track "
+                f"{shlex.quote(str(sync.folder.path))}"]
     experiment = sync.state.get("experiment_id")
     where = (f"{sync.uri.rstrip('/')}/#/experiments/{experiment}/runs/{sync.run_id}"
              if sync.uri.startswith(("http://", "https://")) else sync.uri)
