@@ -97,8 +97,7 @@ def show(recipe: RecipeArg, overrides: OverridesArg = None, as_json: JsonOpt = F
 @app.command()
 def validate(
     recipe_files: Annotated[list[str], typer.Argument(help="Recipes (paths or shipped names).")],
-    hostfile: HostfileOpt = None,
-    as_json: JsonOpt = False,
+    hostfile: HostfileOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Check recipes (and a hostfile); print OK or every error. Exit 2 when anything is invalid."""
     raise typer.Exit(_commands().validate(recipe_files=recipe_files, hostfile=hostfile,
@@ -135,10 +134,8 @@ def hosts(
 
 
 @app.command()
-def runs(
-    folder: Annotated[str, typer.Argument(help="Folder of run directories.")] = "runs",
-    as_json: JsonOpt = False,
-) -> None:
+def runs(folder: Annotated[str, typer.Argument(help="Folder of run directories.")] = "runs",
+         as_json: JsonOpt = False) -> None:
     """List past and current runs, newest first: status, np, epochs done, best eval accuracy."""
     raise typer.Exit(_commands().runs(folder=folder, as_json=as_json))
 
@@ -160,21 +157,15 @@ def plan(recipe: ResumableRecipeArg = None, overrides: OverridesArg = None, np: 
          hosts: HostsOpt = None, hostfile: HostfileOpt = None, resume: ResumeOpt = None,
          slurm: SlurmOpt = None, as_json: JsonOpt = False) -> None:
     """Show exactly what `hvdtrain run` would launch, and the numbers it derives. Launches nothing."""
-    raise typer.Exit(_commands().plan(recipe=recipe, overrides=overrides or [], np=np,
-                                      hosts=hosts, hostfile=hostfile, run_dir=None, resume=resume,
-                                      slurm=slurm, as_json=as_json))
+    raise typer.Exit(_commands().plan(recipe=recipe, overrides=overrides or [], np=np, hosts=hosts,
+                     hostfile=hostfile, run_dir=None, resume=resume, slurm=slurm, as_json=as_json))
 
 
 @app.command()
 def run(
-    recipe: ResumableRecipeArg = None,
-    overrides: OverridesArg = None,
-    np: NpOpt = None,
-    hosts: HostsOpt = None,
-    hostfile: HostfileOpt = None,
-    slurm: SlurmOpt = None,
-    run_dir: RunDirOpt = None,
-    resume: ResumeOpt = None,
+    recipe: ResumableRecipeArg = None, overrides: OverridesArg = None, np: NpOpt = None,
+    hosts: HostsOpt = None, hostfile: HostfileOpt = None, slurm: SlurmOpt = None,
+    run_dir: RunDirOpt = None, resume: ResumeOpt = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan (same as `hvdtrain plan`) and launch nothing.")] = False,
     no_check: Annotated[bool, typer.Option(
@@ -198,8 +189,7 @@ def run(
 
 @app.command()
 def sbatch(
-    recipe: RecipeArg,
-    overrides: OverridesArg = None,
+    recipe: RecipeArg, overrides: OverridesArg = None,
     nodes: Annotated[int, typer.Option("--nodes", help="Nodes to allocate.")] = 1,
     ntasks_per_node: Annotated[int, typer.Option(
         "--ntasks-per-node", help="Training processes per node (one per GPU on GPU nodes).")] = 1,
@@ -244,15 +234,13 @@ def sbatch(
 
 @app.command()
 def bench(
-    recipe: RecipeArg,
-    overrides: OverridesArg = None,
+    recipe: RecipeArg, overrides: OverridesArg = None,
     np: Annotated[str, typer.Option(
         "--np", help="World sizes to measure, comma-separated.")] = "1,2",
     compression: Annotated[str, typer.Option(
         "--compression", help="Gradient compressions to measure: fp16, none, powersgd "
                                "(horovod.powersgd's rank; its warm-up is 2 steps here).")] = "fp16,none",
-    hosts: HostsOpt = None,
-    hostfile: HostfileOpt = None,
+    hosts: HostsOpt = None, hostfile: HostfileOpt = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Steps before timing starts.")] = 10,
     steps: Annotated[int, typer.Option("--steps", help="Timed steps per configuration.")] = 30,
     rounds: Annotated[int, typer.Option(
@@ -272,11 +260,40 @@ def bench(
     efficiency against np=1, MB allreduced per step and the share of each step waiting for the
     allreduce. Data sets need no files. Exit 1 when a configuration failed.
     """
-    raise typer.Exit(_commands().bench(recipe=recipe, overrides=overrides or [], np=np,
-                                       compression=compression,
-                                       hosts=hosts, hostfile=hostfile, warmup=warmup, steps=steps,
-                                       rounds=rounds, reference=reference, run_dir=run_dir,
-                                       as_json=as_json))
+    raise typer.Exit(_commands().bench(
+        recipe=recipe, overrides=overrides or [], np=np, compression=compression, hosts=hosts,
+        hostfile=hostfile, warmup=warmup, steps=steps, rounds=rounds, reference=reference,
+        run_dir=run_dir, as_json=as_json))
+
+
+@app.command()
+def forecast(
+    recipe: RecipeArg, overrides: OverridesArg = None,
+    np: Annotated[str, typer.Option("--np", help="World sizes, comma-separated.")] = "2,4,8,16,64",
+    link: Annotated[str, typer.Option("--link", help="100mbit, 1gbit, 10gbit, 25gbit, 100gbit, "
+                    "Gbit/s as a number, or measured: a Horovod allreduce probe between two of "
+                    "--hosts/--hostfile, over ssh.")] = "1gbit",
+    hosts: HostsOpt = None, hostfile: HostfileOpt = None,
+    ranks_per_host: Annotated[Optional[int], typer.Option("--ranks-per-host", show_default=False,
+                              help="Ranks a host (default: its slots, else 1).")] = None,
+    compression: Annotated[str, typer.Option("--compression", help="Compressions to compare.")]
+    = "none,fp16,powersgd",
+    warmup: Annotated[int, typer.Option("--warmup", help="Steps before timing starts.")] = 5,
+    steps: Annotated[int, typer.Option("--steps", help="Timed steps of the model.")] = 20,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Measure again.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Print the arithmetic too.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict images/s and scaling for N ranks on a link, per compression, before renting.
+
+    Measures the recipe's model here (seconds, kept in ~/.cache/hvdtrain/forecast; `plan` shows
+    it afterwards), then the ring-allreduce cost model (launcher/costmodel.py): a band from
+    communication not hidden to fully hidden behind backward, a point, the compression to use.
+    """
+    raise typer.Exit(_commands().forecast(
+        recipe=recipe, overrides=overrides or [], np=np, compression=compression, link=link,
+        hosts=hosts, hostfile=hostfile, ranks_per_host=ranks_per_host, warmup=warmup,
+        steps=steps, fresh=fresh, explain=explain, as_json=as_json))
 
 
 RunDirArg = Annotated[str, typer.Argument(help="A run directory `hvdtrain run` created.")]
@@ -327,9 +344,9 @@ def predict(
 ) -> None:
     """Classify files with a trained model: the top classes and their probabilities. A file that
     cannot be read is reported on its line and the rest are still classified (exit code 1)."""
-    raise typer.Exit(_after().predict_command(run_dir=run_dir, inputs=inputs,
-                                              checkpoint=checkpoint, top_k=top_k,
-                                              as_json=as_json, as_csv=as_csv))
+    raise typer.Exit(_after().predict_command(
+        run_dir=run_dir, inputs=inputs, checkpoint=checkpoint, top_k=top_k, as_json=as_json,
+        as_csv=as_csv))
 
 
 @app.command()

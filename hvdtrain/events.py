@@ -172,13 +172,39 @@ class BenchEvent(TypedDict):
     steps: int
 
 
+class ProfileEvent(TypedDict):
+    """`hvdtrain forecast`'s compute measurement of one process (hvdtrain/worker/profile.py):
+    medians per step, seconds."""
+
+    event: Literal["profile"]
+    forward_s: float  # forward pass and loss (the slowest rank's median)
+    backward_s: float
+    update_s: float  # optimizer step
+    step_s: list[float]  # a whole step in lockstep with the host's other ranks: p10, median, p90
+    powersgd_step_s: list[float] | None  # the same with PowerSGD's reduce (None: nothing factored)
+    sum_s_per_byte: dict[str, float]  # adding two gradients on this CPU: float32, float16
+    threads: int  # torch threads per rank
+    ranks: int  # ranks sharing the host (in lockstep through Horovod when > 1)
+    batch_size: int
+    shapes: list[list]  # [name, shape] of every trainable parameter
+
+
+class LinkEvent(TypedDict):
+    """`hvdtrain forecast --link measured`: Horovod allreduce times between two hosts."""
+
+    event: Literal["link"]
+    sizes: list[int]  # bytes (float32)
+    seconds: list[float]  # median seconds of one allreduce of each size
+
+
 Event = Union[StartEvent, ResumedEvent, StepEvent, EpochEvent, CheckpointEvent, BestEvent,
-              MessageEvent, DoneEvent, BeatEvent, ResetEvent, StoppedEvent, BenchEvent]
+              MessageEvent, DoneEvent, BeatEvent, ResetEvent, StoppedEvent, BenchEvent,
+              ProfileEvent, LinkEvent]
 EVENTS: dict[str, type] = {"start": StartEvent, "resumed": ResumedEvent, "step": StepEvent,
                            "epoch": EpochEvent, "checkpoint": CheckpointEvent, "best": BestEvent,
                            "warning": MessageEvent, "error": MessageEvent, "done": DoneEvent,
                            "beat": BeatEvent, "reset": ResetEvent, "stopped": StoppedEvent,
-                           "bench": BenchEvent}
+                           "bench": BenchEvent, "profile": ProfileEvent, "link": LinkEvent}
 FIELDS = {kind: frozenset(t.__annotations__) for kind, t in EVENTS.items()}  # read per event
 
 

@@ -92,6 +92,13 @@ def _job_processes() -> list[str]:
 
 
 @pytest.fixture(autouse=True)
+def own_forecast_cache(monkeypatch, tmp_path):
+    """What `forecast` measures is kept per test: a user's kept profile never shows in a plan
+    a test asserts, and one test's never in another's."""
+    monkeypatch.setenv("HVDTRAIN_FORECAST_DIR", str(tmp_path / "forecast-cache"))
+
+
+@pytest.fixture(autouse=True)
 def outside_slurm(monkeypatch):
     """Tests say where they run: a suite started inside a Slurm job must not pick its hosts."""
     for key in [k for k in os.environ if k.startswith("SLURM_")]:

@@ -1,5 +1,6 @@
-"""Two test hosts on one machine: network namespaces joined by a veth pair, each with its own sshd
-listening only on its namespace address. Only these addresses (TEST-NET-2, which exist only inside
+"""Test hosts on one machine: network namespaces joined by a veth pair (two hosts) or by veths to a
+bridge in a namespace of its own (three or more: a switch), each with its own sshd listening only
+on its namespace address. Only these addresses (TEST-NET-2, which exist only inside
 the namespaces) and loopback ever carry traffic. Everything is torn down by ``close()``.
 """
 
@@ -61,11 +62,14 @@ class Cluster:
     workdir: Path
     hosts: list[Host] = field(default_factory=list)
     key: Path | None = None
+    switch: str | None = None  # the bridge's namespace (three hosts or more)
 
     @classmethod
-    def create(cls, workdir: Path) -> Cluster:
+    def create(cls, workdir: Path, n: int = 2) -> Cluster:
         tag = uuid.uuid4().hex[:6]
-        c = cls(workdir, [Host(f"hvdt-{tag}-a", f"{SUBNET}.1"), Host(f"hvdt-{tag}-b", f"{SUBNET}.2")])
+        c = cls(workdir, [Host(f"hvdt-{tag}-{chr(97 + i)}", f"{SUBNET}.{i + 1}") for i in range(n)])
+        if n > 2:
+            c.switch = f"hvdt-{tag}-sw"
         try:
             c._build()
         except BaseException:
@@ -74,12 +78,16 @@ class Cluster:
         return c
 
     def _build(self) -> None:
-        a, b = self.hosts
         for h in self.hosts:
             sh("ip", "netns", "add", h.ns)
             sh(*h.run("ip", "link", "set", "lo", "up"))
-        sh("ip", "link", "add", "hvdt-tmp-a", "type", "veth", "peer", "name", "hvdt-tmp-b")
-        for h, end in ((a, "hvdt-tmp-a"), (b, "hvdt-tmp-b")):
+        if self.switch is None:
+            a, b = self.hosts
+            sh("ip", "link", "add", "hvdt-tmp-a", "type", "veth", "peer", "name", "hvdt-tmp-b")
+            ends = [(a, "hvdt-tmp-a"), (b, "hvdt-tmp-b")]
+        else:
+            ends = self._switch()
+        for h, end in ends:
             sh("ip", "link", "set", end, "netns", h.ns)
             sh(*h.run("ip", "link", "set", end, "name", IFACE))
             sh(*h.run("ip", "addr", "add", f"{h.address}/24", "dev", IFACE))
@@ -89,6 +97,23 @@ class Cluster:
         (self.workdir / "authorized_keys").write_text(Path(f"{self.key}.pub").read_text())
         for h in self.hosts:
             self.start_sshd(h)
+
+    def _switch(self) -> list[tuple[Host, str]]:
+        """A bridge in its own namespace with one veth port per host (a switch: each host's
+        egress shaped on its own end, as on switched Ethernet)."""
+        sw = ["ip", "netns", "exec", self.switch]
+        sh("ip", "netns", "add", self.switch)
+        sh(*sw, "ip", "link", "add", "br0", "type", "bridge")
+        sh(*sw, "ip", "link", "set", "br0", "up")
+        ends = []
+        for i, h in enumerate(self.hosts):
+            port, end = f"hvdt-p{i}", f"hvdt-tmp-{i}"
+            sh("ip", "link", "add", end, "type", "veth", "peer", "name", port)
+            sh("ip", "link", "set", port, "netns", self.switch)
+            sh(*sw, "ip", "link", "set", port, "master", "br0")
+            sh(*sw, "ip", "link", "set", port, "up")
+            ends.append((h, end))
+        return ends
 
     def start_sshd(self, h: Host) -> None:
         d = self.workdir / h.ns
@@ -152,3 +177,5 @@ class Cluster:
                 except (ProcessLookupError, ValueError):
                     pass
             sh("ip", "netns", "del", h.ns, check=False)
+        if self.switch is not None:
+            sh("ip", "netns", "del", self.switch, check=False)

@@ -97,8 +97,35 @@ def test_preflight_names_an_unreachable_host_without_hanging(cluster) -> None:
         assert run.returncode == 2
         assert "pre-flight check failed, nothing launched" in run.stderr
         assert not Path("/tmp/never-created-hvdtrain").exists()
+        probe = in_a(cluster, "forecast", "digits-cnn", "--link", "measured", "--hostfile",
+                     str(cluster.hostfile()), *ssh_settings(cluster), "--np", "2", timeout=60)
+        assert probe.returncode == 2
+        assert ("error: --link measured: 198.51.100.2 failed the check above; nothing launched "
+                "(fix the hosts in --hosts/--hostfile, or name the link: --link 1gbit)"
+                ) in " ".join(probe.stderr.split())
     finally:
         cluster.start_sshd(b)
+
+
+def test_forecast_measures_the_shaped_link_between_the_hosts(cluster) -> None:
+    """`forecast --link measured`: Horovod allreduces between the two hosts over ssh, at the
+    veth's 100 Mbit/s; kept, so the plan of those hosts uses it."""
+    cluster.limit_rate("100mbit")
+    try:
+        proc = in_a(cluster, "forecast", "digits-cnn", "--link", "measured", "--hostfile",
+                    str(cluster.hostfile()), *ssh_settings(cluster), "--np", "2,4", "--json")
+    finally:
+        for h in cluster.hosts:
+            subprocess.run(h.run("tc", "qdisc", "del", "dev", netns.IFACE, "root"),
+                           capture_output=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "measuring the link between 198.51.100.1 and 198.51.100.2" in proc.stderr
+    link = json.loads(proc.stdout)["link"]
+    assert (link["name"], link["measured"]) == ("measured", True)
+    assert 0.07 <= link["gbit"] <= 0.11  # the shaper's 100 Mbit/s, less TCP's and Gloo's share
+    plan = in_a(cluster, "plan", "digits-cnn", "--hostfile", str(cluster.hostfile()),
+                *ssh_settings(cluster), "--json")
+    assert json.loads(plan.stdout)["forecast"].endswith("fp16 on measured link")
 
 
 def test_rate_limited_link_is_in_force(cluster) -> None:

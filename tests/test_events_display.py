@@ -156,7 +156,7 @@ def test_a_malformed_event_names_the_field() -> None:
                              "step event: unexpected field 'img_s'")
     assert parse_line(f'[0]<stdout>:{MARKER}{{"event": "rm -rf"}}').problems == (
         "unknown event kind 'rm -rf' (field 'event'; known: start, resumed, step, epoch, "
-        "checkpoint, best, warning, error, done, beat, reset, stopped, bench)",)
+        "checkpoint, best, warning, error, done, beat, reset, stopped, bench, profile, link)",)
     assert parse_line(f"[0]<stdout>:{MARKER}{{not json").problems == (
         "event line is not JSON (Expecting property name enclosed in double quotes at column 2)",)
     assert parse_line("[1]<stderr>:Traceback (most recent call last):").problems == ()

@@ -163,8 +163,8 @@ def test_cli_commands_only_forward() -> None:
                 and any("command" in ast.unparse(d) for d in f.decorator_list)]
     after = {"eval_": "eval_command", "predict": "predict_command", "export": "export_command"}
     assert {f.name for f in commands} == {"doctor", "recipes", "show", "validate", "hosts", "plan",
-                                          "run", "runs", "report", "sbatch", "bench", "track",
-                                          *after}
+                                          "run", "runs", "report", "sbatch", "bench", "forecast",
+                                          "track", *after}
     for f in commands:
         body = [s for s in f.body if not (isinstance(s, ast.Expr)
                                           and isinstance(s.value, ast.Constant))]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hvdtrain.errors import UserError
-from hvdtrain.events import BenchEvent, parse_line
+from hvdtrain.events import BenchEvent, Event, parse_line
 from hvdtrain.imagefolder import class_names
 from hvdtrain.launcher.hosts import THIS_MACHINE, Host, HostList, assign
 from hvdtrain.recipe import Recipe
@@ -164,8 +164,9 @@ def ddp_argvs(recipe: Recipe, hosts: list[Host], args: list[str]) -> list[list[s
     return out
 
 
-def launch_one(argvs: list[list[str]], timeout: float) -> tuple[BenchEvent | None, str]:
-    """Run the launches of one configuration together; (rank 0's bench event, their output).
+def launch_one(argvs: list[list[str]], timeout: float,
+               kind: str = "bench") -> tuple[Event | None, str]:
+    """Run the launches of one configuration together; (rank 0's ``kind`` event, their output).
     As `run` does (launcher/supervisor.py): each in a session of its own that dies with
     hvdtrain, and SIGINT/SIGTERM/SIGHUP or the timeout stop everything under it first."""
     from hvdtrain.launcher.supervisor import Supervisor
@@ -191,7 +192,7 @@ def launch_one(argvs: list[list[str]], timeout: float) -> tuple[BenchEvent | Non
         return None, f"no result within {timeout:.0f} s"
     text = "".join("".join(t) for t in texts)
     found = [e for line in map(parse_line, text.splitlines()) for e in line.events
-             if e["event"] == "bench"]
+             if e["event"] == kind]
     return (found[0] if found and not bad else None), text
 
 
@@ -213,19 +214,16 @@ def collect(sups: list, deadline: float, asked: list[int]) -> list[list[str]] | 
     return texts
 
 
-def for_bench(recipe: Recipe) -> Recipe:
+def for_bench(recipe: Recipe, found: dict | None = None) -> Recipe:
     """The recipe benched: a data component's samples replaced by synthetic ones of the shape
-    and class count its probe reports (bench measures steps, never reads data)."""
+    and class count its probe reports (bench measures steps, never reads data). ``found``: the
+    probe's answer when the caller has it."""
     if recipe.data.dataset != "component":
         return recipe
     from hvdtrain.launcher.prelaunch import probe_components
+    from hvdtrain.launcher.profiles import bench_recipe
 
-    found = probe_components(recipe) or {}
-    synthetic = recipe.data.synthetic.model_copy(update={
-        "image_shape": found["input_shape"], "num_classes": found["num_classes"]})
-    data = recipe.data.model_copy(update={"dataset": "synthetic", "component": None,
-                                          "kwargs": {}, "synthetic": synthetic})
-    return recipe.model_copy(update={"data": data})
+    return bench_recipe(recipe, found or probe_components(recipe))
 
 
 def row(cfg: Config, ev: BenchEvent) -> dict:

@@ -367,6 +367,13 @@ def bench(*, recipe: str, overrides: list[str], np: str, compression: str, hosts
     return 0 if all("error" not in r for r in rows) else 1
 
 
+def forecast(**options) -> int:
+    """`hvdtrain forecast`: hvdtrain/launcher/forecast.py."""
+    from hvdtrain.launcher.forecast import forecast_command
+
+    return forecast_command(**options)
+
+
 def track(*, run_dir: str, uri: str | None, as_json: bool) -> int:
     """`hvdtrain track`: hvdtrain/launcher/tracking.py."""
     from hvdtrain.launcher.tracking import track_command

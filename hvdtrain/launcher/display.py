@@ -150,6 +150,7 @@ def print_plan(console: Console, plan: Plan) -> None:
         ("allreduce", f"compression {r.horovod.compression}, op {r.horovod.op}, "
                       f"predivide {r.horovod.gradient_predivide_factor:g}"),
         *([("powersgd", plan.wire)] if plan.wire else []),
+        *([("forecast", plan.forecast)] if plan.forecast else []),
         ("environment", ", ".join(f"{k}={v}" for k, v in plan.env.items()) or "(inherited only)"),
         ("run dir", str(plan.run_dir)),
         *([("resume", resume_text(plan))] if plan.resume else []),
@@ -293,3 +294,43 @@ def print_bench(console: Console, rows: list[dict], title: str, path: Path) -> N
         if "error" in r:
             console.print(f"[red]{r['kind']} np={r['np']} {r['compression']}: {escape(r['error'])}[/]")
     console.print(f"results: {escape(str(path))}")
+
+
+def forecast_table(result: dict) -> Table:
+    """`hvdtrain forecast`: one row per world size and compression; fits 80 columns."""
+    link = result["link"]
+    table = Table(title=f"{result['recipe']}: batch {result['batch_size']}/rank, "
+                        f"{result['ranks_per_host']} rank(s)/host, link {link['name']}",
+                  title_justify="left")
+    for name, justify in (("np", "right"), ("hosts", "right"), ("grads", "left"),
+                          ("img/s", "right"), ("band", "right"), ("eff.", "right"),
+                          ("compute", "right"), ("comm", "right"), ("use", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    for r in result["forecasts"]:
+        slow, fast = r["band"]
+        table.add_row(str(r["np"]), str(r["hosts"]), r["compression"], f"{r['images_per_s']:,.0f}",
+                      f"{slow:,.0f}-{fast:,.0f}", f"{100 * r['efficiency']:.0f}%",
+                      f"{1e3 * r['compute_s']:.1f}", f"{1e3 * r['exposed_s']:.1f}",
+                      "<-" if r["recommended"] and r["np"] > 1 else "")
+    return table
+
+
+def print_forecast(console: Console, result: dict) -> None:
+    console.print(forecast_table(result))
+    link, prof = result["link"], result["profile"]
+    where = ("measured between the hosts" if link["measured"] else
+             "assumed (or --link measured --hosts ...)")
+    console.print(f"link: {link['gbit']:.3g} Gbit/s, {1e6 * link['latency_s']:.0f} us latency, "
+                  f"{where}", style="dim")
+    if result["loopback"]:
+        lb = result["loopback"]
+        console.print(f"one host: measured loopback, {lb['gbit']:.3g} Gbit/s, "
+                      f"{1e6 * lb['latency_s']:.0f} us latency", style="dim")
+    console.print(f"compute: measured on this machine, {prof['threads']} thread(s)/rank, "
+                  f"{prof['ranks']} rank(s) sharing it ({str(prof.get('measured_at'))[:16]})",
+                  style="dim")
+    console.print("img/s: the point estimate; band: communication not hidden at all .. fully "
+                  "hidden behind backward; eff.: img/s over np x one rank; compute, comm: ms a "
+                  "step (comm: what backward does not hide); <-: the compression to use "
+                  "(a simpler one when within 3 %)", style="dim")
+    print_warnings(console, result["notes"])

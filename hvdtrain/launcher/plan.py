@@ -55,6 +55,7 @@ class Plan:
     components: list[tuple[str, str, str]] = field(default_factory=list)  # (key, spec, its file)
     classes: list[str] | None = None  # an image folder's, in class-index order
     wire: str | None = None  # compression powersgd: the bytes a step sends (powersgd_layout.py)
+    forecast: str | None = None  # from a profile an earlier `forecast` kept (launcher/forecast.py)
     warnings: list[str] = field(default_factory=list)
     recipe_path: Path | None = None  # the recipe file the plan was made from
 
@@ -221,6 +222,7 @@ def plan_dict(plan: Plan) -> dict:
         "components": [{"key": k, "spec": spec, "file": f} for k, spec, f in plan.components],
         "classes": plan.classes,
         "wire": plan.wire,
+        "forecast": plan.forecast,
         "warnings": plan.warnings,
         "recipe_resolved": plan.recipe.model_dump(mode="json"),
     }

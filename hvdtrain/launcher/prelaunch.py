@@ -98,6 +98,10 @@ def make_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None 
     plan.classes = folder.classes if folder else None
     if recipe.horovod.compression == "powersgd":
         powersgd_wire(plan, found["shapes"] if found else model_shapes(recipe, plan.classes))
+    from hvdtrain.launcher.profiles import plan_line
+
+    plan.forecast = plan_line(recipe, found, len(plan.classes) if plan.classes else None,
+                              [p.host for p in plan.placement], plan.np)
     return plan
 
 
