@@ -68,11 +68,15 @@ def in_cli():
 
 
 _BASETEMP: list[str] = []  # this session's pytest temp root (set by the fixture below)
+SESSION_FORECAST_DIR: list[str] = []  # what module fixtures' forecasts keep (the fixture below)
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _own_paths(tmp_path_factory):
     _BASETEMP.append(f"{tmp_path_factory.getbasetemp()}/")
+    # (module fixtures run before the per-test cache below: they too keep nothing of the user's)
+    SESSION_FORECAST_DIR.append(str(tmp_path_factory.mktemp("forecast-cache")))
+    os.environ["HVDTRAIN_FORECAST_DIR"] = SESSION_FORECAST_DIR[0]
 
 
 def _job_processes() -> list[str]:

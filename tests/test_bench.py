@@ -53,6 +53,18 @@ def test_every_configuration_is_measured(bench_json) -> None:
         assert (folder / f"{r['kind']}-np{r['np']}-{r['compression']}" / "output.log").exists()
 
 
+def test_the_bench_keeps_the_models_profile_for_the_plan(bench_json) -> None:
+    """bench --np 1,2 here: two ranks share this machine, so their profile and the loopback are
+    kept, and the plan of `--np 2` shows its forecast line without measuring."""
+    from conftest import SESSION_FORECAST_DIR
+
+    plan = hvdtrain("plan", "digits-cnn", "--np", "2",
+                    env={"HVDTRAIN_FORECAST_DIR": SESSION_FORECAST_DIR[0]})
+    assert plan.returncode == 0, plan.stderr
+    line = next(x for x in plan.stdout.splitlines() if x.startswith("forecast "))
+    assert line.endswith("scaling, fp16 on measured loopback") and " images/s (" in line
+
+
 def test_table_fits_80_columns(bench_json) -> None:
     """The measured rows of the run above, drawn as `hvdtrain bench` draws them at 80 columns."""
     import io

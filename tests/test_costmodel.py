@@ -99,6 +99,15 @@ def test_powersgd_three_rounds_after_backward_nothing_hidden() -> None:
         forecast(Profile(**{**PROF.__dict__, "powersgd_bytes": None}), 2, "powersgd", GBIT, False)
 
 
+def test_a_powersgd_step_measured_faster_than_the_plain_one_is_noise() -> None:
+    """PowerSGD's step does what the plain one does and more: never less compute than it."""
+    quick = Profile(**{**PROF.__dict__, "powersgd_step_s": (0.025, 0.031, 0.040)})
+    f = forecast(quick, 2, "powersgd", GBIT, measured=False)
+    assert f.compute_s == 0.032
+    assert f.images_per_s[2] == pytest.approx(64 / (0.030 + 3 * 2 * 50e-6 + 1e5 * 8e-9
+                                                    + 0.5 * 1e5 * 1e-10))
+
+
 def test_a_shapers_burst_only_speeds_the_fast_end() -> None:
     shaped = Link("tbf", 1.0, 50e-6, burst_bytes=262144)
     fast, slow = wire_seconds(2, 1e6, shaped, rounds=1, idle_s=1.0)

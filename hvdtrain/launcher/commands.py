@@ -324,6 +324,7 @@ def bench(*, recipe: str, overrides: list[str], np: str, compression: str, hosts
     from pathlib import Path
 
     from hvdtrain.launcher import bench as b
+    from hvdtrain.launcher.forecast import keep_for_plan
     from hvdtrain.launcher.prelaunch import resolve_hosts
     from hvdtrain.recipe_files import load_recipe
     from hvdtrain.rundir import RunDir, default_run_dir
@@ -350,6 +351,7 @@ def bench(*, recipe: str, overrides: list[str], np: str, compression: str, hosts
 
     rows = b.run_all(folder, b.for_bench(loaded.recipe), host_list, todo, warmup, steps,
                      progress, rounds)
+    keep_for_plan(loaded, host_list, max(nps), lambda text: console.print(text, style="dim"))
     meta = {"recipe": loaded.name, "overrides": overrides, "hosts": host_list.source,
             "warmup": warmup, "steps": steps, "rounds": rounds,
             "batch_size": loaded.recipe.data.batch_size, "cpu_count": os.cpu_count()}

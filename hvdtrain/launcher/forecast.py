@@ -277,6 +277,23 @@ def profile_of(loaded, rph: int, threads: int, opts: Options, fresh: bool,
     return path, kept
 
 
+def keep_for_plan(loaded, host_list: HostList, np: int, say: Callable[[str], None]) -> None:
+    """After `bench`: the model's profile at the benched ranks per host (and, for one host's
+    ranks, its loopback), kept for `plan` and `forecast`; a failure only says so."""
+    cores = os.cpu_count() or 1
+    rph = max(h.slots for h in host_list.hosts[:1]) if np > 1 else 1
+    rph = min(rph, np)
+    if rph > cores or on_gpu(loaded.recipe):
+        return
+    opts = Options([np], list(cm.COMPRESSIONS), None, rph, 5, 20)
+    try:
+        profile_of(loaded, rph, max(1, cores // rph), opts, False, say)
+        if rph > 1:
+            link_of(loaded.recipe, ["localhost"], say)
+    except UserError as exc:
+        say(f"warning: the forecast's profile was not kept: {exc.render()}")
+
+
 def notes(recipe: Recipe, prof: cm.Profile, opts: Options) -> list[str]:
     out = []
     if on_gpu(recipe):

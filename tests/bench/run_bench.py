@@ -18,6 +18,10 @@
    compute-bound (~450 ms of compute against 38 ms of fp32 gradients on a 1 Gbit/s wire), so no
    compression can lift it far: fp16/none <= (C + T) / (C + T/2), ~1.04 at 1 Gbit/s, ~1.3 at 100.
 6. For the record: an image folder at np=2 with 0 and 2 loader workers.
+7. `hvdtrain forecast` against `hvdtrain bench` (tests/bench/forecast_check.py): loopback np=2 and
+   2, 3 and 4 namespace hosts at 1 Gbit/s and 100 Mbit/s, none/fp16/powersgd (goals: every
+   measurement inside the predicted band, each point within 20 %, the median within 10 %); and
+   for the record, the forecast for 8, 16 and 64 hosts at 10 and 25 Gbit/s of every shipped recipe.
 
 This project's VMs have slow spells: a plain loop runs at ~9,400 images/s on digits for tens of
 seconds, then at ~6,500 for 2-20 s, with no steal time showing (150 epochs of plain_loop.py,
@@ -269,6 +273,9 @@ def main() -> int:
     results["two_hosts_np2"] = hosts = two_hosts()
     results["np2_image_folder"] = folder = image_folder(REPS, data["images"])
     data_dir.cleanup()
+    import forecast_check
+
+    results["forecast"] = fc = forecast_check.run()
 
     ratios = {
         "demo wall s (<= 15)": (results["demo_wall_s"]["median"], 15.0, "<="),
@@ -291,6 +298,8 @@ def main() -> int:
             ratios[f"{rate}, 3x32x32: fp16 / none (for the record)"] = (
                 paired(wide["hvdtrain/fp16/np2"], wide["hvdtrain/none/np2"]), None, "")
             ratios.update(powersgd_goals(rate, m, bound))
+    for name, (value, bound) in fc["goals"].items():
+        ratios[f"forecast: {name}"] = (float(value), float(bound), ">=" if bound is True else "<=")
     results["goals"] = {k: {"value": v, "goal": g, "met": (g is None or (v <= g if op == "<=" else
                                                                          v >= g))}
                         for k, (v, g, op) in ratios.items()}
@@ -308,6 +317,7 @@ def main() -> int:
     for name, r in folder.items():
         print(f"np=2 image folder, {name}: {r['images_per_s']:.0f} img/s, waiting for data "
               f"{r['data_wait_share'] * 100:.1f} % of each epoch")
+    print("\n".join(forecast_check.table(fc)))
     for goal, r in results["goals"].items():
         print(f"{'PASS' if r['met'] else 'MISS'}  {goal}: {r['value']:.3f}")
     out = Path(os.environ.get("BENCH_OUT", ROOT / "bench-results.json"))
