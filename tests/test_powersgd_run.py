@@ -15,6 +15,7 @@ from shapes import write_folder
 pytestmark = pytest.mark.horovod
 
 PSGD = ["horovod.compression=powersgd"]
+SEEDS = (42, 1, 2)
 SHAPES = ["data.image_size=32", "model.arch=small_cnn", "data.batch_size=16",
           "optimizer.base_lr=0.02", "optimizer.warmup_epochs=1", "data.loader_workers=0",
           "train.epochs=10"]
@@ -32,12 +33,24 @@ def trained(run_cli, run_dir: Path, *args: str) -> tuple[dict, dict, str]:
 
 def test_digits_with_powersgd_matches_none_and_needs_its_error_feedback(run_cli,
                                                                         tmp_path: Path) -> None:
-    none, _, _ = trained(run_cli, tmp_path / "none", "digits-cnn", "horovod.compression=none")
-    psgd, manifest, out = trained(run_cli, tmp_path / "psgd", "digits-cnn", *PSGD)
-    no_ef, _, _ = trained(run_cli, tmp_path / "no-ef", "digits-cnn", *PSGD,
-                          "horovod.powersgd.error_feedback=false")
-    assert abs(psgd["eval_acc"] - none["eval_acc"]) <= 0.01, (psgd, none)
-    assert none["eval_acc"] - no_ef["eval_acc"] > 0.01, (no_ef, none)  # the test can fail
+    """Means over three seeds: digits' 360 held-out images make one run's accuracy move by a
+    point or two with the machine's float rounding (seed 42 alone: none 99.4 %, powersgd 97.5 %
+    on one VM type, 98.9 % and 98.1 % on another; over seeds 42, 1, 2: 98.3 % and 97.4 %)."""
+    runs: dict[str, list[float]] = {"none": [], "psgd": [], "no_ef": []}
+    for seed in SEEDS:
+        at = [f"train.seed={seed}"]
+        none, _, _ = trained(run_cli, tmp_path / f"none-{seed}", "digits-cnn", *at,
+                             "horovod.compression=none")
+        psgd, got, text = trained(run_cli, tmp_path / f"psgd-{seed}", "digits-cnn", *at, *PSGD)
+        no_ef, _, _ = trained(run_cli, tmp_path / f"no-ef-{seed}", "digits-cnn", *at, *PSGD,
+                              "horovod.powersgd.error_feedback=false")
+        for key, last in (("none", none), ("psgd", psgd), ("no_ef", no_ef)):
+            runs[key].append(last["eval_acc"])
+        if seed == SEEDS[0]:
+            manifest, out = got, text
+    mean = {key: sum(v) / len(v) for key, v in runs.items()}
+    assert abs(mean["psgd"] - mean["none"]) <= 0.01, runs
+    assert mean["none"] - mean["no_ef"] > 0.01, runs  # the test can fail
     assert manifest["replicas_identical"] is True
     assert manifest["wire"] == {"wire_dtype": "powersgd rank 4 + float16", "grad_bytes": 359720,
                                 "wire_bytes": 25396}
