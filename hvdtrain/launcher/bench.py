@@ -214,16 +214,15 @@ def collect(sups: list, deadline: float, asked: list[int]) -> list[list[str]] | 
     return texts
 
 
-def for_bench(recipe: Recipe, found: dict | None = None) -> Recipe:
+def for_bench(recipe: Recipe) -> Recipe:
     """The recipe benched: a data component's samples replaced by synthetic ones of the shape
-    and class count its probe reports (bench measures steps, never reads data). ``found``: the
-    probe's answer when the caller has it."""
+    and class count its probe reports (bench measures steps, never reads data)."""
     if recipe.data.dataset != "component":
         return recipe
     from hvdtrain.launcher.prelaunch import probe_components
     from hvdtrain.launcher.profiles import bench_recipe
 
-    return bench_recipe(recipe, found or probe_components(recipe))
+    return bench_recipe(recipe, probe_components(recipe))
 
 
 def row(cfg: Config, ev: BenchEvent) -> dict:

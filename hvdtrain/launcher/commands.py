@@ -243,20 +243,14 @@ def run(*, recipe: str | None, overrides: list[str], np: int | None, hosts: str 
 
 def _preflight_remote(the_plan) -> None:
     """Before launching on remote hosts, check them; refuse (exit 2) with the table if one fails."""
-    from hvdtrain.launcher.preflight import check_hosts, is_local, local_addresses
+    from hvdtrain.launcher.preflight import is_local, local_addresses, refuse_failing
 
     local = local_addresses()
     if all(is_local(h.name, local) for h in the_plan.hosts):
         return
-    launch_cfg = the_plan.recipe.launch
-    report = check_hosts([h.name for h in the_plan.hosts], launch_cfg.ssh_port,
-                         launch_cfg.ssh_identity_file, 15.0, launch_cfg.network_interfaces)
-    if not report["ok"]:
-        from hvdtrain.launcher.display import print_preflight
-
-        print_preflight(Console(stderr=True, highlight=False), report)
-        raise UserError("pre-flight check failed, nothing launched (fix the hosts above, or skip "
-                        "the check with --no-check)")
+    refuse_failing([h.name for h in the_plan.hosts], the_plan.recipe.launch,
+                   lambda _bad: "pre-flight check failed, nothing launched (fix the hosts above, "
+                                "or skip the check with --no-check)")
 
 
 def sbatch(*, recipe: str, overrides: list[str], slurm: SbatchOptions, run_dir: str | None,

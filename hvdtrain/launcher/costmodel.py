@@ -146,31 +146,35 @@ def wire_seconds(p: int, nbytes: float, link: Link, rounds: int, idle_s: float) 
     return slow - min(burst, per_link) * link.seconds_per_byte, slow
 
 
+def traffic(prof: Profile, compression: str) -> tuple[int, int, str]:
+    """A step's allreduce traffic: (bytes, rounds, the dtype the CPU sums)."""
+    if compression == "powersgd":
+        return prof.powersgd_bytes or 0, POWERSGD_ROUNDS, "float32"
+    return (prof.params * WIRE_BYTES[compression], fusion_rounds(prof),
+            "float16" if compression == "fp16" else "float32")
+
+
 def forecast(prof: Profile, p: int, compression: str, link: Link, measured: bool) -> Forecast:
     """The band for ``p`` ranks. none/fp16: Horovod's allreduces run during backward, so the
     exposed part lies between comm - backward (all hidden) and comm (none hidden); the point
     hides ``POINT_OVERLAP`` of what could be. powersgd: its rounds follow backward (nothing
     hidden); its measured step holds its own arithmetic. ``measured``: the link's beta already
     holds the reduction and the copies (fit_link), else the CPU's sum cost is added."""
+    nbytes, rounds, dtype = traffic(prof, compression)
+    reduce_s = _reduce_seconds(prof, p, nbytes, dtype, measured)
     if compression == "powersgd":
         if prof.powersgd_step_s is None or prof.powersgd_bytes is None:
             raise ValueError("powersgd factors no layer of this model")
         # (its step does all the plain step does and more: a faster measurement is noise)
         low_c, mid_c, high_c = map(max, prof.powersgd_step_s, prof.step_s)
-        nbytes, rounds = prof.powersgd_bytes, POWERSGD_ROUNDS
         fits = 2 * (p - 1) / p * nbytes <= link.burst_bytes
         fast, slow = wire_seconds(p, nbytes, link, rounds, idle_s=mid_c)
-        reduce_s = _reduce_seconds(prof, p, nbytes, "float32", measured)
         cycles = rounds * CYCLE_S if p > 1 and prof.ranks == 1 else 0.0  # (measured in lockstep)
         lo, pt, hi = (fast + reduce_s, (fast if fits else slow) + reduce_s + cycles / 2,
                       slow + reduce_s + cycles)
     else:
         low_c, mid_c, high_c = prof.step_s
-        nbytes = prof.params * WIRE_BYTES[compression]
-        rounds = fusion_rounds(prof)
         fast, slow = wire_seconds(p, nbytes, link, rounds, idle_s=prof.forward_s)
-        reduce_s = _reduce_seconds(prof, p, nbytes, "float16" if compression == "fp16" else
-                                   "float32", measured)
         cycles = CYCLE_S if p > 1 else 0.0
         comm_fast, comm = fast + reduce_s, slow + reduce_s
         lo = max(0.0, comm_fast - prof.backward_s)
@@ -231,10 +235,9 @@ def explain(prof: Profile, p: int, compression: str, link: Link, measured: bool)
         return [f"{head} no allreduce; {prof.batch_size} / {1e3 * f.compute_s:.2f} ms = "
                 f"{f.images_per_s[1]:,.0f} images/s"]
     psgd = compression == "powersgd"
-    rounds = POWERSGD_ROUNDS if psgd else fusion_rounds(prof)
+    _, rounds, dtype = traffic(prof, compression)
     ring = allreduce_seconds(p, f.wire_bytes, link, rounds)
-    red = _reduce_seconds(prof, p, f.wire_bytes, "float16" if compression == "fp16" else
-                          "float32", measured)
+    red = _reduce_seconds(prof, p, f.wire_bytes, dtype, measured)
     hide = ("all of T, after bwd, + cycles" if psgd else
             f"T - {POINT_OVERLAP:g} min(T, bwd) + cycle")
     return [f"{head} T = 2x{p - 1}x{rounds}x{1e6 * link.latency_s:.0f} us + 2x{p - 1}/{p}x"

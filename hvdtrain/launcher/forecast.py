@@ -1,9 +1,9 @@
 """`hvdtrain forecast RECIPE --np 2,4,8 --link 1gbit|25|measured`: images/s and scaling for each
 world size and compression, before any cluster is rented. It measures what it must on this
 machine (the recipe's model: ``hvdtrain.worker.profile``; with ``--link measured`` the link
-between two of ``--hosts``: ``hvdtrain.worker.linkprobe``), keeps what it measured in
-``${XDG_CACHE_HOME:-~/.cache}/hvdtrain/forecast`` (or $HVDTRAIN_FORECAST_DIR; the plan reads it back without running anything) and
-hands the numbers to the pure cost model (launcher/costmodel.py). No torch here; what is kept: launcher/profiles.py.
+between two of ``--hosts``: ``hvdtrain.worker.linkprobe``), keeps what it measured
+(launcher/profiles.py: the plan reads it back without running anything) and hands the numbers
+to the pure cost model (launcher/costmodel.py). No torch here.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class Options:
 def parse_options(*, np: str, compression: str, link: str, ranks_per_host: int | None,
                   warmup: int, steps: int, hosts: str | None, hostfile: str | None) -> Options:
     """Every option checked before anything is loaded or run; UserError naming the option."""
+    from hvdtrain.launcher.bench import compression as one_compression
     from hvdtrain.launcher.bench import parse_list, positive
 
     def world(item: str) -> int:
@@ -57,13 +58,8 @@ def parse_options(*, np: str, compression: str, link: str, ranks_per_host: int |
             raise ValueError(item)
         return value
 
-    def comp(item: str) -> str:
-        if item not in cm.COMPRESSIONS:
-            raise ValueError(item)
-        return item
-
     nps = sorted(parse_list("--np", np, world, f"a number of processes from 1 to {MAX_NP:,}"))
-    comps = parse_list("--compression", compression, comp, "none, fp16 or powersgd")
+    comps = parse_list("--compression", compression, one_compression, "none, fp16 or powersgd")
     parsed = None
     if link.strip().lower() != "measured":
         try:
@@ -117,43 +113,28 @@ def measure_link(recipe: Recipe, hosts: list[str]) -> dict:
     """The link event between the first two of ``hosts`` (the same host twice: its loopback)."""
     pair = [Host(hosts[0], 2)] if len(hosts) == 1 else [Host(h, 1) for h in hosts[:2]]
     return run_worker(recipe, pair, ["-m", "hvdtrain.worker.linkprobe"], "link",
-                      f"the link between {' and '.join(hosts[:2]) if len(hosts) > 1 else hosts[0]}")
+                      f"the link between {' and '.join(hosts[:2])}")
 
 
-def reachable(recipe: Recipe, hosts: list[str]) -> None:
-    """The hosts the link probe will use answer over ssh with a working hvdtrain; else a
-    UserError naming the option, nothing launched."""
-    from rich.console import Console
+def link_of(recipe: Recipe, hosts: list[str], say: Callable[[str], None]) -> cm.Link:
+    """The measured link between ``hosts`` (kept, or probed now). Two hosts are checked first
+    (as `hosts --check`): a failing one is refused, nothing launched."""
+    from hvdtrain.launcher.preflight import refuse_failing
 
-    from hvdtrain.launcher.display import print_preflight
-    from hvdtrain.launcher.preflight import check_hosts
-
-    cfg = recipe.launch
-    report = check_hosts(hosts, cfg.ssh_port, cfg.ssh_identity_file, 15.0,
-                         cfg.network_interfaces)
-    if not report["ok"]:
-        print_preflight(Console(stderr=True, highlight=False), report)
-        bad = [h["host"] for h in report["hosts"] if h["problems"]]
-        raise UserError(f"--link measured: {', '.join(bad)} failed the check above; nothing "
-                        "launched (fix the hosts in --hosts/--hostfile, or name the link: --link "
-                        "1gbit)")
-
-
-def link_of(recipe: Recipe, hosts: list[str], say: Callable[[str], None]) -> tuple[cm.Link, bool]:
-    """The measured link between ``hosts`` (kept, or probed now); (link, probed now)."""
     path = link_path(hosts)
     found = stored(path)
-    probed = found is None
     if found is None:
         if len(hosts) > 1:
-            reachable(recipe, hosts)
+            refuse_failing(hosts, recipe.launch, lambda bad: (
+                f"--link measured: {', '.join(bad)} failed the check above; nothing launched "
+                "(fix the hosts in --hosts/--hostfile, or name the link: --link 1gbit)"))
         say(f"measuring the link between {' and '.join(hosts)} (Horovod allreduces, 64 kB to "
             "16 MB) ...")
         ev = measure_link(recipe, hosts)
         found = {"hosts": hosts, "sizes": ev["sizes"], "seconds": ev["seconds"]}
         keep(path, found)
     name = "loopback (measured)" if len(hosts) == 1 else "measured"
-    return cm.fit_link(found["sizes"], found["seconds"], name), probed
+    return cm.fit_link(found["sizes"], found["seconds"], name)
 
 
 # --- the forecast -------------------------------------------------------------------------------
@@ -165,7 +146,7 @@ def rows(prof: cm.Profile, opts: Options, link: cm.Link, loopback: cm.Link | Non
     out = []
     for np in opts.nps:
         hosts = math.ceil(np / ranks_per_host)
-        on, is_measured = (link, measured) if hosts > 1 else (loopback or link, True)
+        on, is_measured = _link_for(hosts, link, measured, loopback)
         group = [cm.forecast(prof, np, c, on, is_measured) for c in _compared(prof, opts, np)]
         best = cm.recommend(group) if group else None
         for f in group:
@@ -177,6 +158,13 @@ def rows(prof: cm.Profile, opts: Options, link: cm.Link, loopback: cm.Link | Non
                         "wire_bytes": f.wire_bytes, "link": on.name if np > 1 else None,
                         "recommended": f.compression == best})
     return out
+
+
+def _link_for(hosts: int, link: cm.Link, measured: bool,
+              loopback: cm.Link | None) -> tuple[cm.Link, bool]:
+    """The link a world size's ring crosses, and whether it was measured: one host's ranks
+    talk over its (measured) loopback."""
+    return (link, measured) if hosts > 1 else (loopback or link, True)
 
 
 def _compared(prof: cm.Profile, opts: Options, np: int) -> list[str]:
@@ -210,8 +198,8 @@ def forecast_command(*, recipe: str, overrides: list[str], np: str, compression:
     if fresh:
         for where in ([names[:2]] if opts.link is None else []) + [["localhost"]]:
             link_path(where).unlink(missing_ok=True)
-    the_link = opts.link or link_of(loaded.recipe, names[:2], say)[0]
-    loopback = (link_of(loaded.recipe, ["localhost"], say)[0]
+    the_link = opts.link or link_of(loaded.recipe, names[:2], say)
+    loopback = (link_of(loaded.recipe, ["localhost"], say)
                 if any(1 < n <= rph for n in opts.nps) else None)
     result = {"ok": True, "recipe": loaded.name, "overrides": overrides,
               "batch_size": prof.batch_size, "ranks_per_host": rph, "threads_per_rank": threads,
@@ -281,8 +269,7 @@ def keep_for_plan(loaded, host_list: HostList, np: int, say: Callable[[str], Non
     """After `bench`: the model's profile at the benched ranks per host (and, for one host's
     ranks, its loopback), kept for `plan` and `forecast`; a failure only says so."""
     cores = os.cpu_count() or 1
-    rph = max(h.slots for h in host_list.hosts[:1]) if np > 1 else 1
-    rph = min(rph, np)
+    rph = min(host_list.hosts[0].slots, np)
     if rph > cores or on_gpu(loaded.recipe):
         return
     opts = Options([np], list(cm.COMPRESSIONS), None, rph, 5, 20)
@@ -311,8 +298,7 @@ def explain_lines(prof: cm.Profile, opts: Options, link: cm.Link, loopback: cm.L
     measured = result["link"]["measured"]
     lines = ["", "inputs (launcher/costmodel.py):", *cm.explain_inputs(prof, link, loopback)]
     for n in opts.nps:
-        hosts = math.ceil(n / rph)
-        on, is_measured = (link, measured) if hosts > 1 else (loopback or link, True)
+        on, is_measured = _link_for(math.ceil(n / rph), link, measured, loopback)
         for c in _compared(prof, opts, n):
             lines += cm.explain(prof, n, c, on, is_measured)
     return lines

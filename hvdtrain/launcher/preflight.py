@@ -13,9 +13,11 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
+from hvdtrain.errors import UserError
 from hvdtrain.machine import classify_interface
 
 # Runs on every host (python -c PROBE CWD). Standard library plus what hvdtrain needs anyway.
@@ -149,6 +151,21 @@ def check_hosts(hosts: list[str], port: int | None = None, identity: str | None 
     return {"ok": not any(r.problems for r in reports), "hosts": [asdict(r) for r in reports],
             "common_interfaces": common, "recommended_network_interfaces": recommended,
             "launching_host": me}
+
+
+def refuse_failing(hosts: list[str], launch, refusal: Callable[[list[str]], str]) -> None:
+    """Check ``hosts`` with the recipe's launch settings (ssh port, key, interfaces); when one
+    fails, the check's table on stderr and a UserError saying ``refusal(failing hosts)``."""
+    report = check_hosts(hosts, launch.ssh_port, launch.ssh_identity_file, 15.0,
+                         launch.network_interfaces)
+    if report["ok"]:
+        return
+    from rich.console import Console
+
+    from hvdtrain.launcher.display import print_preflight
+
+    print_preflight(Console(stderr=True, highlight=False), report)
+    raise UserError(refusal([h["host"] for h in report["hosts"] if h["problems"]]))
 
 
 def run_discovery(script: str, timeout: float = 60.0) -> tuple[int, str, str] | str:

@@ -24,6 +24,7 @@ from hvdtrain.launcher.hosts import (
     parse_hosts_arg,
 )
 from hvdtrain.launcher.plan import DATASET_SIZES, Plan, build_plan, default_horovodrun
+from hvdtrain.launcher.profiles import plan_line
 from hvdtrain.launcher.resumable import resume_run
 from hvdtrain.launcher.slurm import allocation_hosts, in_allocation
 from hvdtrain.machine import horovod_build_info
@@ -98,8 +99,6 @@ def make_plan(loaded: LoadedRecipe, *, np: int | None = None, hosts: str | None 
     plan.classes = folder.classes if folder else None
     if recipe.horovod.compression == "powersgd":
         powersgd_wire(plan, found["shapes"] if found else model_shapes(recipe, plan.classes))
-    from hvdtrain.launcher.profiles import plan_line
-
     plan.forecast = plan_line(recipe, found, len(plan.classes) if plan.classes else None,
                               [p.host for p in plan.placement], plan.np)
     return plan

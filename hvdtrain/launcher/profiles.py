@@ -112,7 +112,6 @@ def on_gpu(recipe: Recipe) -> bool:
         device == "auto" and any(Path("/dev").glob("nvidia[0-9]*")))
 
 
-
 def plan_line(recipe: Recipe, found: dict | None, classes: int | None, placement: list[str],
               np: int) -> str | None:
     """The plan's forecast for its own np and hosts (``placement``: each rank's host) from what

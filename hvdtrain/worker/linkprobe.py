@@ -1,8 +1,8 @@
 """`hvdtrain forecast --link measured`: ``python -m hvdtrain.worker.linkprobe [--repeats R]``
 under ``horovodrun -np 2`` on two hosts (or on this machine, for the loopback a host's own ranks
 share). Times Horovod allreduces of float32 buffers from 64 kB up to 16 MB, several in flight
-at once and back to back (so a shaper's burst is spent after the first), and rank 0 prints one ``link`` event with each size's
-median; the launcher fits alpha and beta to them (launcher/costmodel.py ``fit_link``).
+at once and back to back (so a shaper's burst is spent after the first), and rank 0 prints one
+``link`` event with each size's median; the launcher fits alpha and beta to them (launcher/costmodel.py ``fit_link``).
 """
 
 from __future__ import annotations

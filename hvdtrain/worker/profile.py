@@ -1,16 +1,17 @@
 """`hvdtrain forecast`'s compute measurement: ``python -m hvdtrain.worker.profile --recipe JSON
---threads T [--horovod] [--warmup W] [--steps S] [--classes C]``. The recipe's model and optimizer on a synthetic batch of its shape (as `bench`
-does, hvdtrain/worker/bench.py), timed phase by phase: forward + loss, backward, optimizer step;
-then the same steps with PowerSGD's reduce between backward and the update (error feedback,
-the two products, the orthonormalisation, P Q^T: what a compressed step adds to the compute) and the cost of adding
+--threads T [--horovod] [--warmup W] [--steps S] [--classes C]``. The recipe's model and
+optimizer on a synthetic batch of its shape (as `bench` does, hvdtrain/worker/bench.py), timed
+phase by phase: forward + loss, backward, optimizer step; then the same steps with PowerSGD's
+reduce between backward and the update (error feedback, the two products, the
+orthonormalisation, P Q^T: what a compressed step adds to the compute) and the cost of adding
 two gradient-sized buffers (the reduction an allreduce does on the CPU). Prints one ``profile``
 event.
 
 For K ranks that will share one host the launcher runs it under ``horovodrun -np K`` on this
 machine (``--horovod``): each step ends with a Horovod allreduce of one number, and PowerSGD's
 steps run its real reduce (its allreduces are the lockstep; the factors are small, so their
-loopback transport is a small part of it). Ranks of a job run in lockstep, each collective waiting for the slowest,
-so the measured step includes the sharing of cores and memory bandwidth, the waiting, and
+loopback transport is a small part of it). Ranks of a job run in lockstep, each collective
+waiting for the slowest, so the measured step includes the sharing of cores and memory bandwidth, the waiting, and
 Horovod's own cost per collective (its background loop, the negotiation) that K ranks on one host
 see; the bytes of the gradients are left to the forecast's wire term.
 """

@@ -95,20 +95,12 @@ def median_profile(events: list[dict]) -> dict:
 def shared_profile(n: int) -> dict:
     """The profile event of ``n`` ranks sharing this machine at one thread each, as the namespace
     hosts do (`forecast --ranks-per-host` stops at the core count: a real host has its own
-    cores; here the profile worker runs under horovodrun directly)."""
-    from hvdtrain.events import parse_line
+    cores; here the forecast's own measurement is called directly)."""
+    from hvdtrain.launcher.forecast import Options, measure_profile
     from hvdtrain.recipe_files import load_recipe
 
     recipe = load_recipe(LINK_BOUND[0], LINK_BOUND[1:]).recipe
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "recipe.json"
-        path.write_text(recipe.model_dump_json())
-        out = subprocess.run([str(BIN / "horovodrun"), "-np", str(n), "-H", f"localhost:{n}",
-                              "--gloo", sys.executable, "-m", "hvdtrain.worker.profile",
-                              "--recipe", str(path), "--threads", "1", "--horovod"],
-                             capture_output=True, text=True, cwd=ROOT, check=True)
-    return next(e for line in out.stdout.splitlines() for e in parse_line(line).events
-                if e["event"] == "profile")
+    return measure_profile(recipe, None, n, 1, Options([n], list(COMPRESSIONS), None, n, 5, 20))
 
 
 def cluster_rows(cache: str) -> list[dict]:
