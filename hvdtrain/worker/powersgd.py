@@ -12,9 +12,9 @@ hvdtrain/powersgd_layout.py says which) as two thin factors:
     M_hat = P Q^T  (the gradient every rank applies);   E <- M - M_hat
 
 with Q kept for the next step (warm start); each round's factors travel as one flat tensor. The
-other gradients go as before (fp16 or fp32), concatenated into one allreduce that runs while the
-factors are computed. The first ``warmup_steps``
-optimizer steps send every gradient that way, uncompressed, as PowerSGD recommends. Which path
+other gradients go as before (fp16 or fp32), concatenated into one tensor that travels with P
+(one group: one cycle of Horovod's loop). The first ``warmup_steps`` optimizer steps send every
+gradient that way, uncompressed, as PowerSGD recommends. Which path
 a step takes depends only on the global step, so every rank makes the same collectives.
 
 Q is the same on every rank (it is allreduced); E is each rank's own: a checkpoint carries Q and
@@ -44,9 +44,8 @@ def orthonormal(p: torch.Tensor) -> torch.Tensor:
 
 def low_rank(ms: list[torch.Tensor], qs: list[torch.Tensor],
              average: Callable[[torch.Tensor, str], None], *,
-             adds: list[torch.Tensor] | None = None,
-             before_p: Callable[[], None] | None = None) -> tuple[list[torch.Tensor],
-                                                                  list[torch.Tensor]]:
+             adds: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor],
+                                                               list[torch.Tensor]]:
     """One power iteration for every matrix M (rows x cols) from its Q (cols x rank): P = M Q
     averaged over the ranks and made orthonormal, then Q = M^T P averaged; returns (P, Q), and
     P Q^T is the low-rank average every rank applies. ``average(t, name)`` averages ``t`` in
@@ -55,16 +54,12 @@ def low_rank(ms: list[torch.Tensor], qs: list[torch.Tensor],
 
     ``adds``: tensors added into ``ms`` in place first (error feedback: ``ms`` are the error
     buffers, ``adds`` the gradients), each just before its M is multiplied, while it is still in
-    cache (a separate pass over every M first measured ~1 ms a step slower on 2 cores).
-    ``before_p``: called once the P factors are computed, just before they are averaged (the
-    step starts its other allreduce there, so Horovod negotiates both in one cycle)."""
+    cache (a separate pass over every M first measured ~1 ms a step slower on 2 cores)."""
     p_flat, ps = _views([m.shape[0] for m in ms], qs, ms[0])
     for i, (m, q, p) in enumerate(zip(ms, qs, ps)):
         if adds is not None:
             m.add_(adds[i])
         torch.mm(m, q, out=p)
-    if before_p is not None:
-        before_p()
     average(p_flat, "powersgd.p")
     ps = [orthonormal(p) for p in ps]
     q_flat, new_qs = _views([m.shape[1] for m in ms], qs, ms[0])
@@ -129,15 +124,14 @@ class PowerSGD:
             self.qs = [self._draw(cols, p.device, self.seed + 7919 * step)
                        for p, _, cols in self.low]
         grads = [_grad(p).view(rows, cols) for p, rows, cols in self.low]
-        pending: list = [None, [], None]
+        rest, sent = self._flat(self.rest)
 
-        def start_rest() -> None:
-            pending[:] = self._start_plain(self.rest, "powersgd.rest")
+        def average(t: torch.Tensor, name: str) -> None:
+            self._average(t, name, sent if name == "powersgd.p" else None)
 
         # M = gradient + error, built in the error buffer (no copy of the gradient)
         ms = self.errors or grads
-        ps, qs = low_rank(ms, self.qs, self._average, adds=grads if self.errors else None,
-                          before_p=start_rest)
+        ps, qs = low_rank(ms, self.qs, average, adds=grads if self.errors else None)
         for g, m, p, q in zip(grads, ms, ps, qs):
             if self.errors:  # (``m`` is the error buffer: M - M_hat, in place)
                 torch.mm(p, q.t(), out=g)  # the gradient every rank applies
@@ -145,35 +139,48 @@ class PowerSGD:
             else:
                 g.copy_(p @ q.t())  # (``m`` is the gradient itself: read before written)
         self.qs = qs  # warm start: the next step begins from this Q
-        self._finish(*pending)
+        _unflatten(rest, sent)
 
     @staticmethod
-    def _average(t: torch.Tensor, name: str) -> None:
-        # Horovod: the P (then Q) factors of every compressed layer, averaged over the ranks in
-        # one allreduce each (Q is computed from the averaged P: two round trips a step).
-        hvd.allreduce_(t, op=hvd.Average, name=name)
+    def _average(t: torch.Tensor, name: str, rest: torch.Tensor | None = None) -> None:
+        if rest is None:
+            # Horovod: the Q factors of every compressed layer (computed from the averaged P),
+            # averaged over the ranks in one allreduce: the step's second round trip.
+            hvd.allreduce_(t, op=hvd.Average, name=name)
+            return
+        # Horovod: the P factors of every compressed layer and, beside them, the gradients
+        # PowerSGD does not factor (biases, BatchNorm, small layers; fp16 by default), averaged
+        # as one group: negotiated and sent in one cycle of Horovod's background loop (started
+        # one after the other, the loop often took the first alone: two cycles, ~4 ms a step on
+        # 2 cores).
+        hvd.grouped_allreduce_([rest, t], op=hvd.Average, name=name)
+
+    def _flat(self, params: list[torch.nn.Parameter]) -> tuple[list[torch.Tensor],
+                                                               torch.Tensor | None]:
+        """The gradients of ``params`` and one flat tensor of them as they go on the wire (fp16
+        by default): one tensor, no fusion copies."""
+        grads = [_grad(p) for p in params]
+        if not grads:
+            return grads, None
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        return grads, flat.to(torch.float16) if self.cfg.rest == "fp16" else flat
 
     def _start_plain(self, params: list[torch.nn.Parameter],
                      name: str) -> tuple[Any, list[torch.Tensor], torch.Tensor | None]:
-        grads = [_grad(p) for p in params]
-        if not grads:
+        grads, sent = self._flat(params)
+        if sent is None:
             return None, grads, None
-        flat = torch.cat([g.reshape(-1) for g in grads])  # one tensor: no fusion copies
-        sent = flat.to(torch.float16) if self.cfg.rest == "fp16" else flat
-        # Horovod: the gradients PowerSGD does not factor (biases, BatchNorm, small layers; all
-        # of them during the warmup), averaged in one allreduce, fp16 on the wire by default.
+        # Horovod: every gradient during the warm-up (fp16 on the wire by default), averaged in
+        # one allreduce.
         return hvd.allreduce_async_(sent, op=hvd.Average, name=name), grads, sent
 
     @staticmethod
     def _finish(handle: Any, grads: list[torch.Tensor], sent: torch.Tensor | None) -> None:
-        if handle is None or sent is None:
+        if handle is None:
             return
         # Horovod: wait for that allreduce before the optimizer reads the gradients.
         hvd.synchronize(handle)
-        at = 0
-        for g in grads:
-            g.copy_(sent[at:at + g.numel()].view_as(g))
-            at += g.numel()
+        _unflatten(grads, sent)
 
     def state(self) -> dict[str, Any]:
         """What every rank holds alike (Q) and the step count, for a checkpoint."""
@@ -191,6 +198,14 @@ class PowerSGD:
         self.steps = int(state.get("steps", 0))
         if errors is not None and self.errors and len(errors) == len(self.errors):
             self.errors = [e.to(p.device) for e, (p, _, _) in zip(errors, self.low)]
+
+
+def _unflatten(grads: list[torch.Tensor], sent: torch.Tensor | None) -> None:
+    """The averaged flat tensor copied back into the gradients it was made of."""
+    at = 0
+    for g in grads:
+        g.copy_(sent[at:at + g.numel()].view_as(g))
+        at += g.numel()
 
 
 def _grad(p: torch.nn.Parameter) -> torch.Tensor:

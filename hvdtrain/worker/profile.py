@@ -73,11 +73,8 @@ def powersgd_reduce(model: torch.nn.Module, recipe: Recipe,
 
     class Local(ps.PowerSGD):  # one process, nothing to average
         @staticmethod
-        def _average(t: torch.Tensor, name: str) -> None:
+        def _average(t: torch.Tensor, name: str, rest: torch.Tensor | None = None) -> None:
             pass
-
-        def _start_plain(self, params, name):
-            return None, [], None
 
     psgd = (ps.PowerSGD if real else Local)(model, recipe.horovod.powersgd, recipe.train.seed)
     psgd.warmup = 0
