@@ -36,7 +36,7 @@ test: install test-hosts-deps
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -m "not horovod" -n 2
 
-bench: install
+bench: install test-hosts-deps
 	$(VENV)/bin/python tests/bench/run_bench.py
 
 clean:

@@ -29,7 +29,7 @@ def unavailable() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     if not Path(SSHD).exists():
-        return f"{SSHD} is missing (make install installs openssh-server)"
+        return f"{SSHD} is missing (make test-hosts-deps installs openssh-server)"
     probe = f"hvdt-probe-{uuid.uuid4().hex[:6]}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:

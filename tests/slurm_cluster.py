@@ -21,11 +21,11 @@ CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 def unavailable() -> str | None:
     """Why this machine cannot run the test Slurm (None when it can)."""
     if os.geteuid() != 0:
-        return "needs root to run slurmd (make install installs slurm-wlm and munge as root)"
+        return "needs root to run slurmd (make test-hosts-deps installs slurm-wlm and munge as root)"
     missing = [t for t in (*DAEMONS, *CLIENTS) if shutil.which(t) is None and
                not Path("/usr/sbin", t).exists()]
     if missing:
-        return (f"{', '.join(missing)} not installed (make install installs slurm-wlm and munge "
+        return (f"{', '.join(missing)} not installed (make test-hosts-deps installs slurm-wlm and munge "
                 "from apt when run as root)")
     return None
 

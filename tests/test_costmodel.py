@@ -63,6 +63,27 @@ def test_fusion_rounds_one_per_cycle_of_backward_at_most_one_per_tensor() -> Non
     assert fusion_rounds(Profile(**{**PROF.__dict__, "backward_s": 0.0})) == 1
 
 
+def test_grouped_gradients_are_one_allreduce_a_group() -> None:
+    """hvdtrain groups gradients (horovod.group_mb): 3 groups are 3 rounds, not 10 tensors'."""
+    grouped = Profile(**{**PROF.__dict__, "groups": 3})
+    assert fusion_rounds(grouped) == 3
+    f = forecast(grouped, 2, "none", GBIT, measured=False)
+    comm = 3 * 2 * 50e-6 + 4e6 * 8e-9 + 0.5 * 4e6 * 1e-10
+    assert f.exposed_s == pytest.approx(comm - 0.25 * 0.020 + 0.0005)
+    # more groups than cycles backward lasts: the cycles bound it
+    assert fusion_rounds(Profile(**{**PROF.__dict__, "groups": 50})) == 20
+
+
+def test_group_lengths_match_the_optimizers_rule() -> None:
+    """hvdtrain/gradient_groups.py: >= mb MB of float32 a group, last parameter first."""
+    from hvdtrain.gradient_groups import group_lengths
+
+    mb = 2**20 // 4  # elements in 1 MB of float32
+    assert group_lengths([mb, 10, mb // 2, mb // 2, 7], 1.0) == [3, 2]
+    assert group_lengths([10, 20], 1.0) == [2]
+    assert group_lengths([10, 20], 0) is None and group_lengths([], 1.0) is None
+
+
 def test_two_ranks_none_by_hand() -> None:
     f = forecast(PROF, 2, "none", GBIT, measured=False)
     # 4 MB of fp32; 10 rounds x 2 latencies + 1 gradient at 8 ns/B = 33 ms; sum 0.5 x 4 MB x 0.1 ns
@@ -95,6 +116,10 @@ def test_powersgd_three_rounds_after_backward_nothing_hidden() -> None:
     assert f.compute_s == 0.035  # its measured step holds its own arithmetic
     assert f.images_per_s == pytest.approx((64 / (0.040 + comm + 0.003), 64 / (0.035 + comm + 0.0015),
                                             64 / (0.033 + comm)))
+    # two ranks of one host: the step was measured with its allreduces between them (lockstep)
+    shared = forecast(Profile(**{**PROF.__dict__, "ranks": 2}), 2, "powersgd", GBIT, False)
+    assert shared.exposed_s == 0.0 and shared.images_per_s == pytest.approx(
+        (64 / 0.040, 64 / 0.035, 64 / 0.033))
     with pytest.raises(ValueError, match="powersgd factors no layer"):
         forecast(Profile(**{**PROF.__dict__, "powersgd_bytes": None}), 2, "powersgd", GBIT, False)
 

@@ -1,6 +1,6 @@
 """`hvdtrain sbatch`, `hosts --slurm` and preemption against a real Slurm (slurm-wlm 22.05 +
 munge, this machine as the only node: tests/slurm_cluster.py). Skipped, with the reason, only where
-Slurm is not installed or we are not root (make install installs it from apt as root)."""
+Slurm is not installed or we are not root (make test-hosts-deps installs it from apt as root)."""
 
 from __future__ import annotations
 

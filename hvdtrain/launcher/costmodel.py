@@ -111,6 +111,7 @@ class Profile:
     batch_size: int
     threads: int
     ranks: int = 1
+    groups: int | None = None  # allreduce groups a step (horovod.group_mb); None: one a tensor
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,9 @@ class Forecast:
 
 def fusion_rounds(prof: Profile) -> int:
     """Allreduces a step under Horovod's tensor fusion: what became ready in each cycle of the
-    backward pass goes as one (at most one per gradient tensor)."""
-    return max(1, min(prof.tensors, math.ceil(prof.backward_s / CYCLE_S)))
+    backward pass goes as one; at most one per group (hvdtrain's ``horovod.group_mb`` groups,
+    hvdtrain/gradient_groups.py), or per gradient tensor where it groups none."""
+    return max(1, min(prof.groups or prof.tensors, math.ceil(prof.backward_s / CYCLE_S)))
 
 
 def wire_seconds(p: int, nbytes: float, link: Link, rounds: int, idle_s: float) -> tuple[
@@ -172,6 +174,8 @@ def forecast(prof: Profile, p: int, compression: str, link: Link, measured: bool
         cycles = rounds * CYCLE_S if p > 1 and prof.ranks == 1 else 0.0  # (measured in lockstep)
         lo, pt, hi = (fast + reduce_s, (fast if fits else slow) + reduce_s + cycles / 2,
                       slow + reduce_s + cycles)
+        if p <= prof.ranks:  # one host's ranks: the measured step held these allreduces already
+            lo = pt = hi = 0.0
     else:
         low_c, mid_c, high_c = prof.step_s
         fast, slow = wire_seconds(p, nbytes, link, rounds, idle_s=prof.forward_s)
@@ -212,8 +216,9 @@ def explain_inputs(prof: Profile, link: Link, loopback: Link | None) -> list[str
     ms = (lambda s: f"{1e3 * s:.2f} ms")
     lines = [f"  compute: step {ms(prof.step_s[1])} (p10 {ms(prof.step_s[0])}, p90 "
              f"{ms(prof.step_s[2])}), backward {ms(prof.backward_s)}",
-             f"  gradient: {prof.params:,} elements, {prof.tensors} tensors, "
-             f"{fusion_rounds(prof)} fused round(s) (backward / {ms(CYCLE_S)})"]
+             f"  gradient: {prof.params:,} elements, {prof.tensors} tensors"
+             + (f", {prof.groups} group(s)" if prof.groups else "")
+             + f": {fusion_rounds(prof)} round(s) a step"]
     if prof.powersgd_step_s:
         lines.append(f"  powersgd: step {ms(prof.powersgd_step_s[1])} with its reduce, "
                      f"{prof.powersgd_bytes:,} bytes in {POWERSGD_ROUNDS} rounds")
@@ -238,7 +243,8 @@ def explain(prof: Profile, p: int, compression: str, link: Link, measured: bool)
     _, rounds, dtype = traffic(prof, compression)
     ring = allreduce_seconds(p, f.wire_bytes, link, rounds)
     red = _reduce_seconds(prof, p, f.wire_bytes, dtype, measured)
-    hide = ("all of T, after bwd, + cycles" if psgd else
+    hide = ("held in the step measured with them" if psgd and p <= prof.ranks else
+            "all of T, after bwd, + cycles" if psgd else
             f"T - {POINT_OVERLAP:g} min(T, bwd) + cycle")
     return [f"{head} T = 2x{p - 1}x{rounds}x{1e6 * link.latency_s:.0f} us + 2x{p - 1}/{p}x"
             f"{f.wire_bytes / 1e6:.3f} MB x {1e9 * link.seconds_per_byte:.3f} ns/B",

@@ -102,7 +102,17 @@ def to_profile(ev: dict, recipe: Recipe) -> cm.Profile:
         powersgd_step_s=tuple(ev["powersgd_step_s"]) if ev.get("powersgd_step_s") else None,
         sum_s_per_byte=ev["sum_s_per_byte"], params=sum(math.prod(s) for _, s in shapes),
         tensors=len(shapes), powersgd_bytes=psgd.wire_bytes if psgd.compressed_layers else None,
-        batch_size=ev["batch_size"], threads=ev["threads"], ranks=ev["ranks"])
+        batch_size=ev["batch_size"], threads=ev["threads"], ranks=ev["ranks"],
+        groups=_groups(recipe, [math.prod(s) for _, s in shapes]))
+
+
+def _groups(recipe: Recipe, numels: list[int]) -> int | None:
+    """The allreduce groups a step of none/fp16 sends (Adasum's allreduces are per tensor)."""
+    from hvdtrain.gradient_groups import group_lengths
+
+    hv = recipe.horovod
+    lengths = group_lengths(numels, hv.group_mb) if hv.op == "average" else None
+    return len(lengths) if lengths else None
 
 
 def on_gpu(recipe: Recipe) -> bool:

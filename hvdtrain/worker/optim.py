@@ -9,6 +9,7 @@ import os
 import horovod.torch as hvd
 import torch
 
+from hvdtrain.gradient_groups import group_lengths
 from hvdtrain.recipe import HorovodConfig, OptimizerConfig
 
 
@@ -73,20 +74,18 @@ def _powersgd_optimizer(model: torch.nn.Module, o: OptimizerConfig, hv: HorovodC
 
 def gradient_groups(model: torch.nn.Module, mb: float) -> list[list[torch.nn.Parameter]] | None:
     """The trainable parameters in groups of at least ``mb`` MB of float32 gradient, last
-    parameter first (roughly the order backward produces them), as DDP fills its buckets; None
-    (Horovod's one allreduce per tensor) for 0. Every rank builds the same model, so the same
-    groups: Horovod matches a group's allreduce across ranks by its first parameter's name."""
-    if mb <= 0:
+    parameter first (hvdtrain/gradient_groups.py); None (Horovod's one allreduce per tensor) for
+    0. Every rank builds the same model, so the same groups: Horovod matches a group's allreduce
+    across ranks by its first parameter's name."""
+    params = [p for p in model.parameters() if p.requires_grad][::-1]
+    lengths = group_lengths([p.numel() for p in params[::-1]], mb)
+    if lengths is None:
         return None
-    groups: list[list[torch.nn.Parameter]] = [[]]
-    size = 0
-    for p in reversed([p for p in model.parameters() if p.requires_grad]):
-        if size >= mb * 2**20:
-            groups.append([])
-            size = 0
-        groups[-1].append(p)
-        size += p.numel() * 4
-    return groups if groups[0] else None
+    groups, at = [], 0
+    for n in lengths:
+        groups.append(params[at:at + n])
+        at += n
+    return groups
 
 
 def prime_optimizer_state(optimizer: torch.optim.Optimizer) -> None:

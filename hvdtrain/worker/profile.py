@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="under horovodrun: the host's ranks in lockstep")
     args = parser.parse_args(argv)
     recipe = Recipe.model_validate_json(args.recipe.read_text())
+    from hvdtrain.worker.memory import keep_freed_memory
+
+    keep_freed_memory()  # as the training worker does: no page faults to refill freed buffers
     if not args.horovod:
         ranks = [measure(recipe, args.threads, args.warmup, args.steps, args.classes, 0,
                          lambda: None)]

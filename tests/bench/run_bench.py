@@ -20,7 +20,9 @@
 6. For the record: an image folder at np=2 with 0 and 2 loader workers.
 7. `hvdtrain forecast` against `hvdtrain bench` (tests/bench/forecast_check.py): loopback np=2 and
    2, 3 and 4 namespace hosts at 1 Gbit/s and 100 Mbit/s, none/fp16/powersgd (goals: every
-   measurement inside the predicted band, each point within 20 %, the median within 10 %); and
+   measurement inside the predicted band, each point within 20 %, the median within 10 %; each
+   of 5 rounds measures the forecast's input afresh just before its bench round, and a
+   configuration's error is the median over its rounds' pairs); and
    for the record, the forecast for 8, 16 and 64 hosts at 10 and 25 Gbit/s of every shipped recipe.
 
 This project's VMs have slow spells: a plain loop runs at ~9,400 images/s on digits for tens of
