@@ -127,3 +127,29 @@ def test_one_hosts_ranks_use_its_measured_loopback(run_cli) -> None:
     assert result["loopback"]["gbit"] > 1  # loopback moves more than a gigabit
     plan = run_cli("plan", "digits-cnn", "--np", "2")
     assert "forecast       " in plan.stdout and "fp16 on measured loopback" in plan.stdout
+
+
+def test_a_launch_stops_what_it_started_and_spares_the_callers_processes() -> None:
+    """bench's and forecast's launches stop every process they left (a grandchild re-parented to
+    hvdtrain too), never one the calling program had started before: `make bench` calls the
+    forecast's measurement in-process, and it once killed the namespace hosts' sshd."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from hvdtrain.launcher.bench import launch_one
+
+    theirs = subprocess.Popen(["sleep", "60"])
+    code = ("import json, subprocess; subprocess.Popen(['sleep', '61'], "
+            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print('@@hvdtrain@@ ' "
+            "+ json.dumps({'event': 'link', 'sizes': [1], 'seconds': [0.5]}), flush=True)")
+    try:
+        ev, _ = launch_one([[sys.executable, "-c", code]], timeout=60, kind="link")
+        assert ev is not None and (ev["sizes"], ev["seconds"]) == ([1], [0.5])
+        assert theirs.poll() is None  # the caller's process lives on
+        left = [p.cmdline() for p in psutil.Process().children(recursive=True)]
+        assert ["sleep", "61"] not in left  # the launch's own left-over was stopped
+    finally:
+        theirs.kill()
+        theirs.wait()

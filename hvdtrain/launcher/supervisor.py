@@ -58,11 +58,21 @@ def terminate_all(procs: list[psutil.Process], grace: float) -> int:
     return len(procs)
 
 
+def _children() -> list[psutil.Process]:
+    """Every process under this one (none when psutil cannot tell)."""
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
 class Supervisor:
     def __init__(self, argv: list[str], env: dict[str, str], spare: tuple[int, ...] = ()) -> None:
-        """``spare``: pids of our children that are not part of the job (the run's guard)."""
+        """``spare``: pids of our children that are not part of the job (the run's guard). Every
+        process already under us is spared too: not this job's (a program that calls hvdtrain's
+        functions may have children of its own, e.g. the test hosts' sshd)."""
         become_subreaper()
-        self.spare = spare
+        self.spare = set(spare) | {c.pid for c in _children()}
         # A new session: a terminal's Ctrl-C reaches hvdtrain only, which then stops the job in order.
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, text=True, bufsize=1,
@@ -90,11 +100,7 @@ class Supervisor:
 
     def descendants(self) -> list[psutil.Process]:
         """horovodrun and everything under it, plus orphans re-parented to us (not the guard)."""
-        try:
-            found = psutil.Process().children(recursive=True)
-        except psutil.Error:
-            return []
-        return [p for p in found if p.pid not in self.spare]
+        return [p for p in _children() if p.pid not in self.spare]
 
     def stop(self, grace: float = 10.0) -> int:
         """SIGTERM every process under us, SIGKILL what is left after ``grace`` s. Returns how many."""

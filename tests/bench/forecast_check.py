@@ -62,12 +62,21 @@ def hvdtrain(*args: str, prefix: list[str] | None = None, cache: str | None = No
 
 
 def measured(args: list[str], prefix: list[str] | None = None) -> dict[str, float]:
-    """compression -> images/s of one `bench` round (the compressions interleaved)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = hvdtrain("bench", *LINK_BOUND, *args, "--compression", ",".join(COMPRESSIONS),
-                        "--steps", "20", "--warmup", "5", "--rounds", "1",
-                        "--run-dir", f"{tmp}/b", prefix=prefix)["results"]
-    return {r["compression"]: r["images_per_s"] for r in rows}
+    """compression -> images/s of one `bench` round (the compressions interleaved); a failed
+    round (its logs printed) is run once more: one flaky launch should not lose the run."""
+    for attempt in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                rows = hvdtrain("bench", *LINK_BOUND, *args, "--compression",
+                                ",".join(COMPRESSIONS), "--steps", "20", "--warmup", "5",
+                                "--rounds", "1", "--run-dir", f"{tmp}/b", prefix=prefix)["results"]
+                return {r["compression"]: r["images_per_s"] for r in rows}
+            except RuntimeError:
+                for log in sorted(Path(tmp).glob("b/*/output.log")):
+                    print(f"{log}:\n{log.read_text()[-3000:]}", file=sys.stderr)
+                if attempt == 2:
+                    raise
+    raise AssertionError("unreachable")
 
 
 def paired_rounds(args: list[str], predict: Callable[[], dict],
