@@ -156,6 +156,12 @@ def traffic(prof: Profile, compression: str) -> tuple[int, int, str]:
             "float16" if compression == "fp16" else "float32")
 
 
+def held_in_step(prof: Profile, p: int) -> bool:
+    """PowerSGD's allreduces are in its measured step already: ``p`` ranks on one host, as
+    many as the profile measured in lockstep (through Horovod, on its loopback)."""
+    return p <= prof.ranks
+
+
 def forecast(prof: Profile, p: int, compression: str, link: Link, measured: bool) -> Forecast:
     """The band for ``p`` ranks. none/fp16: Horovod's allreduces run during backward, so the
     exposed part lies between comm - backward (all hidden) and comm (none hidden); the point
@@ -174,7 +180,7 @@ def forecast(prof: Profile, p: int, compression: str, link: Link, measured: bool
         cycles = rounds * CYCLE_S if p > 1 and prof.ranks == 1 else 0.0  # (measured in lockstep)
         lo, pt, hi = (fast + reduce_s, (fast if fits else slow) + reduce_s + cycles / 2,
                       slow + reduce_s + cycles)
-        if p <= prof.ranks:  # one host's ranks: the measured step held these allreduces already
+        if held_in_step(prof, p):
             lo = pt = hi = 0.0
     else:
         low_c, mid_c, high_c = prof.step_s
@@ -243,7 +249,7 @@ def explain(prof: Profile, p: int, compression: str, link: Link, measured: bool)
     _, rounds, dtype = traffic(prof, compression)
     ring = allreduce_seconds(p, f.wire_bytes, link, rounds)
     red = _reduce_seconds(prof, p, f.wire_bytes, dtype, measured)
-    hide = ("held in the step measured with them" if psgd and p <= prof.ranks else
+    hide = ("held in the step measured with them" if psgd and held_in_step(prof, p) else
             "all of T, after bwd, + cycles" if psgd else
             f"T - {POINT_OVERLAP:g} min(T, bwd) + cycle")
     return [f"{head} T = 2x{p - 1}x{rounds}x{1e6 * link.latency_s:.0f} us + 2x{p - 1}/{p}x"

@@ -77,13 +77,13 @@ def gradient_groups(model: torch.nn.Module, mb: float) -> list[list[torch.nn.Par
     parameter first (hvdtrain/gradient_groups.py); None (Horovod's one allreduce per tensor) for
     0. Every rank builds the same model, so the same groups: Horovod matches a group's allreduce
     across ranks by its first parameter's name."""
-    params = [p for p in model.parameters() if p.requires_grad][::-1]
-    lengths = group_lengths([p.numel() for p in params[::-1]], mb)
+    params = [p for p in model.parameters() if p.requires_grad]
+    lengths = group_lengths([p.numel() for p in params], mb)
     if lengths is None:
         return None
-    groups, at = [], 0
+    last_first, groups, at = params[::-1], [], 0
     for n in lengths:
-        groups.append(params[at:at + n])
+        groups.append(last_first[at:at + n])
         at += n
     return groups
 
