@@ -153,3 +153,26 @@ def test_a_launch_stops_what_it_started_and_spares_the_callers_processes() -> No
     finally:
         theirs.kill()
         theirs.wait()
+
+
+def test_the_profile_measures_plain_and_powersgd_steps_in_turns(monkeypatch) -> None:
+    """Plain and PowerSGD steps alternate in chunks (a drifting machine gave the two, measured
+    one after the other, different speeds): the order of the timed runs, and every step kept."""
+    from hvdtrain.recipe_files import load_recipe
+    from hvdtrain.worker import profile
+
+    recipe = load_recipe("synthetic-bench", ["model.width=8",
+                                             "data.synthetic.image_shape=[3,8,8]"]).recipe
+    calls: list[tuple[int, bool]] = []
+    real_phases = profile.phases
+
+    def recording(model, optimizer, x, y, steps, sync, reduce=None):
+        calls.append((steps, reduce is not None))
+        return real_phases(model, optimizer, x, y, steps, sync, reduce)
+
+    monkeypatch.setattr(profile, "phases", recording)
+    out = profile.measure(recipe, 1, 2, 12, None, 0, lambda: None)
+    assert calls == [(2, False), (2, True), (5, False), (5, True), (5, False), (5, True),
+                     (2, False), (2, True)]
+    assert (len(out["steps"]), len(out["powersgd"])) == (12, 12)
+    assert all(len(s) == 4 and s[3] > 0 for s in out["steps"] + out["powersgd"])

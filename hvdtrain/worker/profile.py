@@ -1,9 +1,10 @@
 """`hvdtrain forecast`'s compute measurement: ``python -m hvdtrain.worker.profile --recipe JSON
 --threads T [--horovod] [--warmup W] [--steps S] [--classes C]``. The recipe's model and
 optimizer on a synthetic batch of its shape (as `bench` does, hvdtrain/worker/bench.py), timed
-phase by phase: forward + loss, backward, optimizer step; then the same steps with PowerSGD's
-reduce between backward and the update (error feedback, the two products, the
-orthonormalisation, P Q^T: what a compressed step adds to the compute) and the cost of adding
+phase by phase: forward + loss, backward, optimizer step; in turns with them (``CHUNK`` steps
+each, so both see the machine alike) the same steps with PowerSGD's reduce between backward and
+the update (error feedback, the two products, the orthonormalisation, P Q^T: what a compressed
+step adds to the compute); and the cost of adding
 two gradient-sized buffers (the reduction an allreduce does on the CPU). Prints one ``profile``
 event.
 
@@ -34,6 +35,7 @@ from hvdtrain.recipe import Recipe
 from hvdtrain.worker.bench import batch, model_of
 
 SUM_ELEMENTS = 1 << 20  # buffers added to time the reduction (4 MB in float32)
+CHUNK = 5  # steps: plain and PowerSGD steps are measured in turns of this many
 
 
 def phases(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -108,11 +110,18 @@ def measure(recipe: Recipe, threads: int, warmup: int, steps: int, classes: int 
     optimizer = make_optimizer(model, recipe.optimizer)
     x, y = batch(recipe, rank, classes)
     phases(model, optimizer, x, y, warmup, sync)  # warm up (timings discarded)
-    out = {"rank": rank, "steps": phases(model, optimizer, x, y, steps, sync), "powersgd": []}
     reduce = powersgd_reduce(model, recipe, real)
     if reduce is not None:  # (its collectives are the lockstep: no other sync)
         phases(model, optimizer, x, y, 2, lambda: None, reduce)
-        out["powersgd"] = phases(model, optimizer, x, y, steps, lambda: None, reduce)
+    out: dict = {"rank": rank, "steps": [], "powersgd": []}
+    # Plain and PowerSGD steps alternate in chunks: a machine whose speed drifts by a third
+    # within seconds (a shared VM) gave the two, measured one after the other, different speeds,
+    # and the forecast compares them (which compression to use).
+    for done in range(0, steps, CHUNK):
+        n = min(CHUNK, steps - done)
+        out["steps"] += phases(model, optimizer, x, y, n, sync)
+        if reduce is not None:
+            out["powersgd"] += phases(model, optimizer, x, y, n, lambda: None, reduce)
     if rank == 0:
         from hvdtrain.worker.probe import shapes
 

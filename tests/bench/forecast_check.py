@@ -13,13 +13,16 @@ tc tbf lets that much through at once after an idle spell) and, for the record, 
 `forecast --link measured` between two of the hosts. Goals: every measured images/s inside the
 predicted band, the point within 20 % of it, the median error within 10 %.
 
-Paired rounds: this VM's speed changes by up to a third for seconds to minutes at a time, so each
-of FORECAST_ROUNDS (5) rounds measures the forecast's input (the model's step) afresh and then one
-`bench` round of every compression right after it; a configuration's error is the median over
-rounds of (point - measured) / measured, and it is inside its band when the median round is
-(the median of measured / slowest >= 1, of measured / fastest <= 1): the model judged against
-the machine as it was when measured, as `make bench` pairs its other rounds. The unpaired
-figures (the median measurement against the median forecast) are reported beside them.
+Paired rounds: this VM's speed changes by up to a third for seconds to minutes at a time, so
+each of FORECAST_ROUNDS (5) `bench` rounds of every compression runs between two forecasts whose
+input (the model's step) is measured afresh just before and just after it (ROUNDS + 1 forecasts,
+each round's "after" the next one's "before"): the round's forecast is the band both span (the
+slower slow end, the faster fast end) and the mean of their points - the machine as it was while
+the round was measured, bracketed. A configuration's error is the median over rounds of
+(point - measured) / measured, and it is inside its band when the median round is (the median of
+measured / slowest >= 1, of measured / fastest <= 1), as `make bench` pairs its other rounds.
+Beside them: the same against the forecast before each round only ("before"), and unpaired (the
+median measurement against the median forecast).
 
 Run alone: ``python tests/bench/forecast_check.py`` (prints the table, writes
 forecast-results.json or $FORECAST_OUT).
@@ -79,15 +82,25 @@ def measured(args: list[str], prefix: list[str] | None = None) -> dict[str, floa
     raise AssertionError("unreachable")
 
 
+def bracket(before: dict, after: dict) -> dict:
+    """compression -> the forecast for a bench round measured between two forecasts: the band
+    both span (the slower slow end, the faster fast end), the mean of their points."""
+    return {c: (min(before[c][0], after[c][0]), (before[c][1] + after[c][1]) / 2,
+                max(before[c][2], after[c][2])) for c in before}
+
+
 def paired_rounds(args: list[str], predict: Callable[[], dict],
                   prefix: list[str] | None = None) -> dict:
-    """ROUNDS rounds of (the forecast from inputs measured now: ``predict()``, compression ->
-    (slowest, point, fastest); then one bench round): the row's measured and predicted medians
-    and each round's pair."""
-    rounds = []
+    """ROUNDS bench rounds, each between two forecasts from inputs measured then (``predict()``,
+    compression -> (slowest, point, fastest); ROUNDS + 1 in all, each round's after the next
+    one's before): the row's measured and predicted medians and each round's forecasts."""
+    rounds, before = [], predict()
     for _ in range(ROUNDS):
-        pred = predict()
-        rounds.append({"predicted": pred, "measured": measured(args, prefix)})
+        got = measured(args, prefix)
+        after = predict()
+        rounds.append({"before": before, "after": after, "predicted": bracket(before, after),
+                       "measured": got})
+        before = after
     return {"measured": {c: statistics.median(r["measured"][c] for r in rounds)
                          for c in COMPRESSIONS},
             "predicted": {c: tuple(statistics.median(r["predicted"][c][i] for r in rounds)
@@ -173,6 +186,15 @@ def cluster_rows(cache: str) -> list[dict]:
     return out
 
 
+def _paired(rounds: list[dict], c: str, which: str) -> tuple[float, bool]:
+    """The median round's error of the point, and whether the median round is inside the band,
+    against each round's forecast ``which`` (bracketed: "predicted"; the one before: "before")."""
+    pairs = [(x["measured"][c], x[which][c]) for x in rounds]
+    err = statistics.median((p[1] - m) / m for m, p in pairs)
+    return err, (statistics.median(m / p[0] for m, p in pairs) >= 1
+                 and statistics.median(m / p[2] for m, p in pairs) <= 1)
+
+
 def judge(rows: list[dict]) -> dict:
     """Per configuration, paired (see the module's docstring) and unpaired: inside the band, the
     point's error; the goals over all of them, paired."""
@@ -180,11 +202,10 @@ def judge(rows: list[dict]) -> dict:
     for r in rows:
         for c, m in r.get("measured", {}).items():
             slow, point, fast = r["predicted"][c]
-            pairs = [(x["measured"][c], x["predicted"][c]) for x in r["rounds"]]
-            err = statistics.median((p[1] - m_) / m_ for m_, p in pairs)
-            ins = (statistics.median(m_ / p[0] for m_, p in pairs) >= 1
-                   and statistics.median(m_ / p[2] for m_, p in pairs) <= 1)
+            err, ins = _paired(r["rounds"], c, "predicted")
             r.setdefault("error", {})[c], r.setdefault("inside", {})[c] = err, ins
+            r.setdefault("before_error", {})[c], r.setdefault("before_inside", {})[c] = \
+                _paired(r["rounds"], c, "before")
             r.setdefault("unpaired_error", {})[c] = (point - m) / m
             r.setdefault("unpaired_inside", {})[c] = slow <= m <= fast
             errors.append(abs(err))
@@ -230,6 +251,8 @@ def table(result: dict) -> list[str]:
             lines.append(f"{r['where']:18s} {c:8s} {m:9,.0f} {point:9,.0f} "
                          f"{slow:8,.0f}-{fast:<8,.0f} {100 * r['error'][c]:+5.1f}%"
                          + ("" if r["inside"][c] else " OUTSIDE")
+                         + f"  before {100 * r['before_error'][c]:+.1f}%"
+                         + ("" if r["before_inside"][c] else " outside")
                          + f"  unpaired {100 * r['unpaired_error'][c]:+.1f}%"
                          + ("" if r["unpaired_inside"][c] else " outside") + "  rounds "
                          + "/".join(f"{x['measured'][c]:.0f}:{x['predicted'][c][1]:.0f}"
