@@ -14,15 +14,14 @@ tc tbf lets that much through at once after an idle spell) and, for the record, 
 predicted band, the point within 20 % of it, the median error within 10 %.
 
 Paired rounds: this VM's speed changes by up to a third for seconds to minutes at a time, so
-each of FORECAST_ROUNDS (5) `bench` rounds of every compression runs between two forecasts whose
-input (the model's step) is measured afresh just before and just after it (ROUNDS + 1 forecasts,
-each round's "after" the next one's "before"): the round's forecast is the band both span (the
-slower slow end, the faster fast end) and the mean of their points - the machine as it was while
-the round was measured, bracketed. A configuration's error is the median over rounds of
-(point - measured) / measured, and it is inside its band when the median round is (the median of
-measured / slowest >= 1, of measured / fastest <= 1), as `make bench` pairs its other rounds.
-Beside them: the same against the forecast before each round only ("before"), and unpaired (the
-median measurement against the median forecast).
+each of FORECAST_ROUNDS (5) rounds measures the forecast's input (the model's step) afresh and
+then one `bench` round of every compression right after it, as a user runs `forecast` and then
+trains; a configuration's error is the median over rounds of (point - measured) / measured, and
+it is inside its band when the median round is (the median of measured / slowest >= 1, of
+measured / fastest <= 1): the model judged against the machine as it was when measured, as
+`make bench` pairs its other rounds. Beside them: bracketed (each round also against the forecast
+measured right after it, ROUNDS + 1 in all: the band both span, the mean of their points) and
+unpaired (the median measurement against the median forecast).
 
 Run alone: ``python tests/bench/forecast_check.py`` (prints the table, writes
 forecast-results.json or $FORECAST_OUT).
@@ -92,13 +91,14 @@ def bracket(before: dict, after: dict) -> dict:
 def paired_rounds(args: list[str], predict: Callable[[], dict],
                   prefix: list[str] | None = None) -> dict:
     """ROUNDS bench rounds, each between two forecasts from inputs measured then (``predict()``,
-    compression -> (slowest, point, fastest); ROUNDS + 1 in all, each round's after the next
-    one's before): the row's measured and predicted medians and each round's forecasts."""
+    compression -> (slowest, point, fastest); ROUNDS + 1 in all, each round's "after" the next
+    one's "predicted"): the row's medians (measured, and of the forecasts before the rounds) and
+    each round's forecasts."""
     rounds, before = [], predict()
     for _ in range(ROUNDS):
         got = measured(args, prefix)
         after = predict()
-        rounds.append({"before": before, "after": after, "predicted": bracket(before, after),
+        rounds.append({"predicted": before, "after": after, "bracketed": bracket(before, after),
                        "measured": got})
         before = after
     return {"measured": {c: statistics.median(r["measured"][c] for r in rounds)
@@ -188,7 +188,7 @@ def cluster_rows(cache: str) -> list[dict]:
 
 def _paired(rounds: list[dict], c: str, which: str) -> tuple[float, bool]:
     """The median round's error of the point, and whether the median round is inside the band,
-    against each round's forecast ``which`` (bracketed: "predicted"; the one before: "before")."""
+    against each round's forecast ``which`` (the one before it: "predicted"; "bracketed")."""
     pairs = [(x["measured"][c], x[which][c]) for x in rounds]
     err = statistics.median((p[1] - m) / m for m, p in pairs)
     return err, (statistics.median(m / p[0] for m, p in pairs) >= 1
@@ -204,8 +204,8 @@ def judge(rows: list[dict]) -> dict:
             slow, point, fast = r["predicted"][c]
             err, ins = _paired(r["rounds"], c, "predicted")
             r.setdefault("error", {})[c], r.setdefault("inside", {})[c] = err, ins
-            r.setdefault("before_error", {})[c], r.setdefault("before_inside", {})[c] = \
-                _paired(r["rounds"], c, "before")
+            r.setdefault("bracketed_error", {})[c], r.setdefault("bracketed_inside", {})[c] = \
+                _paired(r["rounds"], c, "bracketed")
             r.setdefault("unpaired_error", {})[c] = (point - m) / m
             r.setdefault("unpaired_inside", {})[c] = slow <= m <= fast
             errors.append(abs(err))
@@ -251,8 +251,8 @@ def table(result: dict) -> list[str]:
             lines.append(f"{r['where']:18s} {c:8s} {m:9,.0f} {point:9,.0f} "
                          f"{slow:8,.0f}-{fast:<8,.0f} {100 * r['error'][c]:+5.1f}%"
                          + ("" if r["inside"][c] else " OUTSIDE")
-                         + f"  before {100 * r['before_error'][c]:+.1f}%"
-                         + ("" if r["before_inside"][c] else " outside")
+                         + f"  bracketed {100 * r['bracketed_error'][c]:+.1f}%"
+                         + ("" if r["bracketed_inside"][c] else " outside")
                          + f"  unpaired {100 * r['unpaired_error'][c]:+.1f}%"
                          + ("" if r["unpaired_inside"][c] else " outside") + "  rounds "
                          + "/".join(f"{x['measured'][c]:.0f}:{x['predicted'][c][1]:.0f}"
